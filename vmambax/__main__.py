@@ -1,0 +1,5 @@
+import sys
+
+from vmambax.cli import main
+
+sys.exit(main())

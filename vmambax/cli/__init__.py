@@ -1,0 +1,67 @@
+"""The ``vmambax`` command line.
+
+Each sub-command lives in its own module in this package and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed arguments, returns an exit code).
+Modules import heavy dependencies (torch, SimpleITK) inside ``func`` so ``vmambax --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vmambax import __version__
+from vmambax.errors import VMambaXError
+
+# Sub-command modules, in the order ``vmambax --help`` lists them.
+COMMAND_MODULES = (
+    "demo",
+    "segment",
+    "train",
+    "evaluate",
+    "baseline",
+    "phantom",
+    "export",
+    "models",
+    "info",
+    "bench",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmambax",
+        description="vMambaX PET/CT lung tumour segmentation (research software, not for clinical use).",
+    )
+    parser.add_argument("--version", action="version", version=f"vmambax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vmambax.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"vmambax.cli.{name}":
+                continue  # command not built yet in this checkout
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except VMambaXError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

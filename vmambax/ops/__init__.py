@@ -1,0 +1,8 @@
+"""Selective-scan operator with interchangeable backends (see ``selective_scan``)."""
+
+from vmambax.ops.selective_scan import (  # noqa: F401
+    BACKENDS,
+    active_backend,
+    available_backends,
+    selective_scan,
+)
