@@ -2,6 +2,7 @@
 
 from vmambax.ops.selective_scan import (  # noqa: F401
     BACKENDS,
+    ENV_VAR,
     active_backend,
     available_backends,
     selective_scan,

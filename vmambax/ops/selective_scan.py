@@ -1,8 +1,14 @@
-"""Selective scan (Mamba S6) with the reference signature.
+"""Selective scan (Mamba S6) with the reference signature and interchangeable backends.
 
-TEMPORARY STUB written to unblock the model work: a straightforward loop over L.
-The ops work item replaces the internals (chunked scan, mamba-ssm backend, oracle) but keeps
-this public API exactly.
+Backends (all compute the same function, spec §7):
+
+* ``chunked``   -- vectorised, memory-bounded PyTorch (``vmambax.ops.chunked``); any device.
+* ``mamba_ssm`` -- mamba-ssm's CUDA kernel (``vmambax.ops.mamba_cuda``); CUDA + package only.
+* ``sequential`` -- a plain loop over the sequence (``vmambax.ops.sequential``); the test oracle.
+* ``auto``      -- ``mamba_ssm`` for CUDA tensors when the package imports, else ``chunked``.
+
+Choose with ``selective_scan(..., backend=NAME)`` or the environment variable
+``VMAMBAX_SCAN_BACKEND=NAME``; the argument wins. ``active_backend(device)`` reports the choice.
 """
 
 from __future__ import annotations
@@ -10,45 +16,110 @@ from __future__ import annotations
 import os
 
 import torch
-import torch.nn.functional as F
+
+from vmambax.errors import ConfigError, InputError
+from vmambax.ops import mamba_cuda
+from vmambax.ops.chunked import chunked_selective_scan
+from vmambax.ops.sequential import sequential_selective_scan
 
 BACKENDS = ("auto", "chunked", "mamba_ssm", "sequential")
 ENV_VAR = "VMAMBAX_SCAN_BACKEND"
 
+_IMPLEMENTATIONS = {
+    "chunked": chunked_selective_scan,
+    "mamba_ssm": mamba_cuda.mamba_selective_scan,
+    "sequential": sequential_selective_scan,
+}
 
-def available_backends() -> list[str]:
-    return ["sequential"]
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def available_backends(device: torch.device | str | None = None) -> list[str]:
+    """Concrete backends that can run on ``device`` (default: CUDA if available, else CPU)."""
+    device = torch.device(device) if device is not None else _default_device()
+    names = ["chunked", "sequential"]
+    if mamba_cuda.unavailable_reason(device) is None:
+        names.insert(0, "mamba_ssm")
+    return names
+
+
+def _requested(backend: str | None) -> tuple[str, str]:
+    """The requested name, normalised, and where it came from (for error messages)."""
+    if backend is not None:
+        source, name = "backend=", backend
+    else:
+        source, name = ENV_VAR, os.environ.get(ENV_VAR, "")
+        if not name.strip():
+            return "auto", "default"
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in BACKENDS:
+        raise ConfigError(f"unknown selective-scan backend {name!r} (from {source}); "
+                          f"choose one of: {', '.join(BACKENDS)}")
+    return key, source
+
+
+def _resolve(backend: str | None, device: torch.device) -> str:
+    name, source = _requested(backend)
+    if name == "auto":
+        return "mamba_ssm" if mamba_cuda.unavailable_reason(device) is None else "chunked"
+    if name == "mamba_ssm":
+        reason = mamba_cuda.unavailable_reason(device)
+        if reason is not None:
+            raise ConfigError(f"selective-scan backend 'mamba_ssm' (from {source}) is not available: "
+                              f"{reason}. Available here: {', '.join(available_backends(device))}; "
+                              f"or use 'auto'.")
+    return name
 
 
 def active_backend(device: torch.device | str | None = None) -> str:
-    return "sequential"
+    """The backend ``selective_scan`` uses for tensors on ``device`` (default: CUDA if available,
+    else CPU), honouring ``VMAMBAX_SCAN_BACKEND``."""
+    return _resolve(None, torch.device(device) if device is not None else _default_device())
+
+
+def _check(u, delta, A, B, C, D, delta_bias):
+    def fail(what):
+        raise InputError(f"selective_scan: {what}. Expected u, delta (b, d, l); A (d, n); "
+                         f"B, C (b, g, n, l) or (b, n, l) with g dividing d; D, delta_bias (d,).")
+
+    tensors = {"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "delta_bias": delta_bias}
+    for name, t in tensors.items():
+        if t is not None and not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+            fail(f"{name} must be a floating-point tensor, got {type(t).__name__}"
+                 + (f" of {t.dtype}" if isinstance(t, torch.Tensor) else ""))
+    if u.dim() != 3:
+        fail(f"u has shape {tuple(u.shape)}")
+    b, d, length = u.shape
+    if delta.shape != u.shape:
+        fail(f"delta has shape {tuple(delta.shape)} but u has {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != d:
+        fail(f"A has shape {tuple(A.shape)} for d = {d}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() not in (3, 4) or t.shape[0] != b or t.shape[-2] != n or t.shape[-1] != length:
+            fail(f"{name} has shape {tuple(t.shape)} for b = {b}, n = {n}, l = {length}")
+        if t.dim() == 4 and (t.shape[1] < 1 or d % t.shape[1]):
+            fail(f"{name} has {t.shape[1]} groups, which does not divide d = {d}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (d,):
+            fail(f"{name} has shape {tuple(t.shape)} for d = {d}")
+    devices = {t.device for t in tensors.values() if t is not None}
+    if len(devices) > 1:
+        raise InputError(f"selective_scan: inputs are on different devices ({', '.join(map(str, devices))}); "
+                         f"move them to one device.")
 
 
 def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend=None):
     """u, delta: (b, d, l); A: (d, n); B, C: (b, g, n, l) or (b, n, l); D, delta_bias: (d,).
 
-    Returns (b, d, l) in u's dtype. Channel d uses group d // (d_total // g).
+    Computes dt = softplus(delta + delta_bias) (softplus only if ``delta_softplus``),
+    h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, y_t = <h_t, C_t> + D u_t, with channel d using
+    group d // (d / g) of B and C. Works in fp32 (fp64 if an input is fp64) and returns (b, d, l)
+    in u's dtype. Differentiable with respect to every tensor argument.
     """
-    dtype = u.dtype
-    u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
-    b, d, l = u.shape
-    if B.dim() == 3:
-        B = B.unsqueeze(1)
-    if C.dim() == 3:
-        C = C.unsqueeze(1)
-    g = B.shape[1]
-    B = B.repeat_interleave(d // g, dim=1)  # (b, d, n, l)
-    C = C.repeat_interleave(d // g, dim=1)
-    if delta_bias is not None:
-        delta = delta + delta_bias.float()[None, :, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
-    h = u.new_zeros(b, d, A.shape[1])
-    ys = []
-    for t in range(l):
-        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * B[..., t]
-        ys.append((h * C[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.float()[None, :, None] * u
-    return y.to(dtype)
+    _check(u, delta, A, B, C, D, delta_bias)
+    name = _resolve(backend, u.device)
+    return _IMPLEMENTATIONS[name](u, delta, A, B, C, D=D, delta_bias=delta_bias,
+                                  delta_softplus=delta_softplus)

@@ -1,0 +1,159 @@
+"""Writing a segmentation result into the MRML scene: segment, terminology, lesion table, study.
+
+Main thread only (MRML). Works in full Slicer and in ``slicer-core`` (no global scene:
+the scene is always taken from the nodes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from VMambaXSegmentLib.mrml_sitk import ijk_to_ras, oriented_image_from_array
+
+SEGMENT_NAME = "Lung tumour"
+SEGMENT_COLOR = (0.85, 0.1, 0.1)  # red, as PET/CT reading tools show tumour
+LESION_TABLE_REFERENCE_ROLE = "vmambaxLesionTable"  # segmentation node -> its lesion table
+
+# Standard terminology of the segment: category "Morphologically Altered Structure"
+# (SCT 49755003), type "Neoplasm" (SCT 108369006), anatomic region "Lung" (SCT 39607008), in
+# Slicer's "3D Slicer General Anatomy list" and the DICOM master anatomic list. Serialised in
+# Slicer's vtkSlicerTerminologiesModuleLogic format:
+#   context~category~type~typeModifier~anatomicContext~region~regionModifier
+# with each code as codingScheme^codeValue^codeMeaning (empty parts as "^^").
+# Slicer's SerializeTerminologyEntry produces exactly this string (checked in the tests); it is
+# what the DICOM SEG export turns into SegmentedPropertyCategory/Type and AnatomicRegion codes.
+TERMINOLOGY_ENTRY = (
+    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "~SCT^49755003^Morphologically Altered Structure"
+    "~SCT^108369006^Neoplasm"
+    "~^^"
+    "~Anatomic codes - DICOM master list"
+    "~SCT^39607008^Lung"
+    "~^^"
+)
+
+# Column title, unit, description, and the lesion-dict key (vmambax.metrics.quantify_lesions).
+TABLE_COLUMNS = (
+    ("Lesion", "", "Lesion number (connected component), largest first; Total = all lesions", None),
+    ("Voxels", "voxels", "Number of CT voxels in the lesion", "voxels"),
+    ("MTV (mL)", "mL", "Metabolic tumour volume", "mtv_ml"),
+    ("SUVmax", "g/mL", "Maximum body-weight SUV in the lesion", "suv_max"),
+    ("SUVmean", "g/mL", "Mean body-weight SUV in the lesion", "suv_mean"),
+    ("SUVpeak", "g/mL", "Highest mean SUV in a 1 mL sphere inside the lesion", "suv_peak"),
+    ("TLG (g)", "g", "Total lesion glycolysis = SUVmean x MTV", "tlg"),
+)
+
+
+def subject_hierarchy(scene):
+    import slicer
+
+    return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+
+
+def _item_of(sh, node) -> int:
+    """The node's subject-hierarchy item (full Slicer creates these automatically, slicer-core
+    does not, so create one under the scene when missing)."""
+    item = sh.GetItemByDataNode(node)
+    if not item:
+        item = sh.CreateItem(sh.GetSceneItemID(), node)
+    return item
+
+
+def study_item_of(node) -> int:
+    """The item the node sits under (the DICOM study for loaded DICOM, else its folder/scene)."""
+    sh = subject_hierarchy(node.GetScene())
+    return sh.GetItemParent(_item_of(sh, node))
+
+
+def place_next_to(node, reference_node) -> int:
+    """Put ``node`` in the subject-hierarchy study (parent item) of ``reference_node``."""
+    sh = subject_hierarchy(node.GetScene())
+    parent = study_item_of(reference_node)
+    item = _item_of(sh, node)
+    if sh.GetItemParent(item) != parent:
+        sh.SetItemParent(item, parent)
+    return parent
+
+
+def write_tumour_segment(segmentation_node, label_array: np.ndarray, ct_node) -> str:
+    """Set the "Lung tumour" segment to ``label_array`` (CT voxel grid, (z, y, x), 0/1).
+
+    An existing segment of that name is overwritten in place (its ID, colour and the other
+    segments are kept); otherwise the segment is added. Returns the segment ID.
+    """
+    import slicer
+
+    dims = ct_node.GetImageData().GetDimensions()
+    if tuple(label_array.shape) != (dims[2], dims[1], dims[0]):
+        raise RuntimeError(f"internal error: label of shape {tuple(label_array.shape)} does not "
+                           f"match the CT grid {(dims[2], dims[1], dims[0])}")
+    labelmap = oriented_image_from_array(np.asarray(label_array, dtype=np.uint8),
+                                         ijk_to_ras(ct_node, world=False))
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
+    if segment_id:
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.SetBinaryLabelmapToSegment(labelmap, segmentation_node, segment_id,
+                                                logic.MODE_REPLACE):
+            raise RuntimeError(f"could not update segment {SEGMENT_NAME!r}")
+    else:
+        segment_id = segmentation_node.AddSegmentFromBinaryLabelmapRepresentation(
+            labelmap, SEGMENT_NAME, list(SEGMENT_COLOR))
+        if not segment_id:
+            raise RuntimeError(f"could not add segment {SEGMENT_NAME!r}")
+    segment = segmentation.GetSegment(segment_id)
+    segment.SetColor(*SEGMENT_COLOR)
+    segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), TERMINOLOGY_ENTRY)
+    segment.SetTag("vmambax", "automatic")  # marks machine-made contours for reviewers
+    return segment_id
+
+
+def _cell(value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return value if math.isfinite(value) else float("nan")
+
+
+def lesion_rows(lesions: list[dict], totals: dict) -> list[list]:
+    """Table rows: one per lesion then "Total" (Total SUVmax = the highest lesion SUVmax)."""
+    rows = []
+    for index, lesion in enumerate(lesions, start=1):
+        rows.append([str(lesion.get("id", index))]
+                    + [_cell(lesion.get(key)) for _title, _unit, _desc, key in TABLE_COLUMNS[1:]])
+    rows.append(["Total"] + [_cell(totals.get(key)) for _t, _u, _d, key in TABLE_COLUMNS[1:]])
+    return rows
+
+
+def write_lesion_table(table_node, lesions: list[dict], totals: dict) -> None:
+    """Replace the table's content with the lesion statistics."""
+    import vtk
+
+    rows = lesion_rows(lesions, totals)
+    table = vtk.vtkTable()
+    for col, (title, _unit, _desc, _key) in enumerate(TABLE_COLUMNS):
+        array = vtk.vtkStringArray() if col == 0 else vtk.vtkDoubleArray()
+        array.SetName(title)
+        array.SetNumberOfValues(len(rows))
+        for r, row in enumerate(rows):
+            array.SetValue(r, row[col])
+        table.AddColumn(array)
+    table_node.SetAndObserveTable(table)
+    for title, unit, description, _key in TABLE_COLUMNS:
+        if unit:
+            table_node.SetColumnUnitLabel(title, unit)
+        table_node.SetColumnDescription(title, description)
+    table_node.SetUseColumnNameAsColumnHeader(True)
+    table_node.Modified()
+
+
+def lesion_table_for(segmentation_node, name: str):
+    """The segmentation's lesion table node (referenced), created when it has none yet."""
+    table_node = segmentation_node.GetNodeReference(LESION_TABLE_REFERENCE_ROLE)
+    if table_node is None or table_node.GetScene() is None:
+        table_node = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLTableNode", name)
+        segmentation_node.SetNodeReferenceID(LESION_TABLE_REFERENCE_ROLE, table_node.GetID())
+    return table_node

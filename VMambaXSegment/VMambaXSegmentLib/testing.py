@@ -1,0 +1,32 @@
+"""Synthetic PET/CT scenes for the modules' self-tests (in Slicer) and the slicer-core tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from VMambaXSegmentLib.mrml_sitk import add_volume_node_from_image, ijk_to_ras, oriented_image_from_array
+
+
+def add_phantom_case(scene, seed: int = 1, size: int = 128, n_slices: int | None = 24,
+                     pet_units: str = "suv", segmentation: bool = False, prefix: str = ""):
+    """Add a phantom patient (``vmambax.data.phantom``) to ``scene``.
+
+    Returns ``(ct_node, pet_node, phantom, segmentation_node or None)``; the PET is in SUV or,
+    with ``pet_units="bqml"``, in Bq/mL (then its SUV factor is ``phantom.suv_factor``). With
+    ``segmentation`` the true tumour label is added as a segmentation with a "tumour" segment.
+    """
+    from vmambax.data.phantom import make_phantom
+
+    phantom = make_phantom(seed=seed, size=size, n_slices=n_slices)
+    ct = add_volume_node_from_image(scene, phantom.ct, f"{prefix}CT")
+    pet_image = phantom.pet_suv if pet_units == "suv" else phantom.pet_bqml
+    pet = add_volume_node_from_image(scene, pet_image, f"{prefix}PET")
+    seg = None
+    if segmentation:
+        seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{prefix}tumour segmentation")
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(ct)
+        label = sitk.GetArrayFromImage(phantom.label).astype(np.uint8)
+        seg.AddSegmentFromBinaryLabelmapRepresentation(
+            oriented_image_from_array(label, ijk_to_ras(ct, world=False)), "tumour", [1.0, 0.0, 0.0])
+    return ct, pet, phantom, seg

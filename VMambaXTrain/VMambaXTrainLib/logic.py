@@ -1,0 +1,325 @@
+"""VMambaX Train logic: annotated cases in the scene (or a folder) -> a trained, registered model.
+
+GUI-free (MRML + subprocess), so it runs from the Python console and under slicer-core::
+
+    logic = VMambaXTrainLogic()
+    cases = [TrainingCase(ct1, pet1, seg1), TrainingCase(ct2, pet2, seg2)]
+    data = logic.exportCases(cases, "/data/my-cases")          # volume case folders
+    run = logic.startTraining(data, "/data/run1", config="vmambax-nano", epochs=5)
+    while run.isRunning():  # a QTimer in the widget
+        for event in run.poll(): ...                             # progress.jsonl events
+    run.stop()                                                   # clean stop, resumable
+    run = logic.startTraining(data, "/data/run1", resume=True)
+    logic.registerModel(run, "my-model")                         # VMambaX Segment lists it
+
+Training runs as a separate ``python -m vmambax train`` process: Slicer stays responsive, a crash
+in training cannot take the scene down, and the same run can be continued from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from vmambax.errors import ConfigError, InputError, ModelFileError
+from vmambax.utils import atomic_dir
+
+TUMOUR_SEGMENT_WORDS = ("tumour", "tumor", "lesion", "neoplasm", "gtv", "cancer", "nodule", "mass")
+TERMINAL_EVENTS = ("done", "stopped", "error")
+
+
+@dataclasses.dataclass
+class TrainingCase:
+    """One annotated case in the scene: CT, PET and the tumour segmentation (segment optional)."""
+
+    ctNode: object
+    petNode: object
+    segmentationNode: object
+    segmentId: str | None = None  # None: the segment named like a tumour, or the only one
+
+    @property
+    def name(self) -> str:
+        return self.ctNode.GetName() if self.ctNode is not None else "(no CT)"
+
+
+def tumourSegmentId(segmentationNode) -> str:
+    """The segment holding the tumour: named like one (tumour, tumor, lesion, GTV...), or the
+    only segment. Raises InputError listing the segments when it is ambiguous."""
+    segmentation = segmentationNode.GetSegmentation()
+    ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
+    if not ids:
+        raise InputError(f"segmentation {segmentationNode.GetName()!r} has no segments; draw the "
+                         f"tumour in Segment Editor first")
+    matches = [i for i in ids
+               if any(w in segmentation.GetSegment(i).GetName().lower() for w in TUMOUR_SEGMENT_WORDS)]
+    if len(matches) == 1 or (matches and len(ids) == 1):
+        return matches[0]
+    if len(ids) == 1:
+        return ids[0]
+    names = ", ".join(repr(segmentation.GetSegment(i).GetName()) for i in ids)
+    raise InputError(f"segmentation {segmentationNode.GetName()!r} has several segments ({names}) "
+                     f"and {'several' if matches else 'none'} named like a tumour; rename the "
+                     f"tumour segment to 'tumour' (or keep only that segment)")
+
+
+def _safe_case_id(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-") or "case"
+    case_id, n = base, 2
+    while case_id in taken:
+        case_id, n = f"{base}-{n}", n + 1
+    taken.add(case_id)
+    return case_id
+
+
+def pythonExecutable() -> str:
+    """The Python that runs ``vmambax train``: PythonSlicer inside Slicer, else this Python.
+
+    Inside Slicer ``sys.executable`` is the application itself on some platforms, which would
+    open a second Slicer instead of running the trainer.
+    """
+    try:
+        import slicer
+
+        app_dir = slicer.app.applicationDirPath  # only in a full Slicer
+    except AttributeError:
+        return sys.executable
+    found = shutil.which("PythonSlicer", path=os.pathsep.join(
+        [app_dir, os.path.join(app_dir, "..", "bin"), os.environ.get("PATH", "")]))
+    return found or sys.executable
+
+
+class TrainingRun:
+    """A running (or finished) ``vmambax train`` process and its progress stream."""
+
+    def __init__(self, process: subprocess.Popen, runDir: Path, logFile, offset: int = 0):
+        self.process = process
+        self.runDir = Path(runDir)
+        self.progressPath = self.runDir / "progress.jsonl"
+        self.stopPath = self.runDir / "STOP"
+        self.logPath = self.runDir / "train.log"
+        self._logFile = logFile
+        self._offset = offset
+        self._partial = b""
+        self.events: list[dict] = []
+        self.finalEvent: dict | None = None
+
+    def poll(self) -> list[dict]:
+        """Events appended to progress.jsonl since the last call (only complete lines)."""
+        if not self.progressPath.exists():
+            return []
+        with open(self.progressPath, "rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        self._offset += len(data)
+        data = self._partial + data
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # an incomplete last line waits for the next poll
+        new = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # not ours (the file is JSON lines by contract)
+            new.append(event)
+            if event.get("event") in TERMINAL_EVENTS:
+                self.finalEvent = event
+        self.events.extend(new)
+        return new
+
+    def isRunning(self) -> bool:
+        running = self.process.poll() is None
+        if not running and self._logFile is not None:
+            self._logFile.close()
+            self._logFile = None
+        return running
+
+    @property
+    def returncode(self):
+        return self.process.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self.process.wait(timeout)
+        self.isRunning()
+        return code
+
+    def stop(self) -> None:
+        """Ask the trainer to stop after the current step (it checkpoints, then exits)."""
+        if self.process.poll() is None:
+            self.stopPath.touch()
+
+    def kill(self) -> None:
+        """Last resort when a stop request is ignored (the last checkpoint stays usable)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.wait()
+
+    @property
+    def modelFile(self) -> Path:
+        if self.finalEvent and self.finalEvent.get("model_file"):
+            return Path(self.finalEvent["model_file"])
+        return self.runDir / "model.pt"
+
+    def failureMessage(self) -> str:
+        """Why the run ended without a model: the error event, else the log's last lines."""
+        if self.finalEvent and self.finalEvent.get("event") == "error":
+            return str(self.finalEvent.get("message") or "training failed")
+        tail = ""
+        if self.logPath.exists():
+            tail = "\n".join(self.logPath.read_text(errors="replace").strip().splitlines()[-5:])
+        code = self.returncode
+        return f"training exited with status {code}" + (f":\n{tail}" if tail else "")
+
+
+class VMambaXTrainLogic:
+    """Export annotated cases, run and follow ``vmambax train``, register the model."""
+
+    # -- cases --------------------------------------------------------------------------------
+    def validateCases(self, cases) -> list[str]:
+        """Check every case before anything is written; returns the tumour segment IDs."""
+        if len(cases) < 2:
+            raise InputError(f"{len(cases)} case(s) given; training needs at least 2 annotated "
+                             f"cases (one is held out to measure the validation Dice)")
+        segment_ids = []
+        for number, case in enumerate(cases, start=1):
+            for role, node in (("CT", case.ctNode), ("PET", case.petNode),
+                               ("segmentation", case.segmentationNode)):
+                if node is None or node.GetScene() is None:
+                    raise InputError(f"case {number}: no {role} selected (or it was removed from "
+                                     f"the scene); remove the case and add it again")
+            if case.ctNode is case.petNode:
+                raise InputError(f"case {number} ({case.name}): the same volume is CT and PET")
+            segment_ids.append(case.segmentId or tumourSegmentId(case.segmentationNode))
+        return segment_ids
+
+    def exportCases(self, cases, folder, progress=None) -> Path:
+        """Write the scene cases as volume case folders (ct.nii.gz in HU, pet.nii.gz in SUV on
+        its own grid, label.nii.gz on the CT grid, case.json) under ``folder``; returns it.
+
+        Every case is read and checked first (segment choice, PET units), so a bad case fails
+        before anything is written; each case folder appears only once complete.
+        """
+        import SimpleITK as sitk
+
+        from VMambaXSegmentLib.mrml_sitk import segment_to_array, volume_node_to_image
+        from VMambaXSegmentLib.pet import pet_tags_from_node, pet_to_suv
+
+        segment_ids = self.validateCases(cases)
+        folder = Path(folder)
+        prepared, taken = [], {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        for number, (case, segment_id) in enumerate(zip(cases, segment_ids), start=1):
+            if progress:
+                progress(0.5 * (number - 1) / len(cases), f"Reading case {number}: {case.name}")
+            ct = volume_node_to_image(case.ctNode)
+            pet, conversion = pet_to_suv(volume_node_to_image(case.petNode), "auto",
+                                         pet_tags_from_node(case.petNode),
+                                         name=f"case {number} PET {case.petNode.GetName()!r}")
+            label = sitk.GetImageFromArray(
+                segment_to_array(case.segmentationNode, segment_id, case.ctNode))
+            label.CopyInformation(ct)
+            info = {"source": "3D Slicer scene", "ct": case.ctNode.GetName(),
+                    "pet": case.petNode.GetName(),
+                    "segmentation": case.segmentationNode.GetName(),
+                    "segment": case.segmentationNode.GetSegmentation().GetSegment(segment_id).GetName(),
+                    "pet_conversion": conversion}
+            prepared.append((_safe_case_id(case.name, taken), ct, pet, label, info))
+        for number, (case_id, ct, pet, label, info) in enumerate(prepared, start=1):
+            if progress:
+                progress(0.5 + 0.5 * (number - 1) / len(prepared), f"Writing case {case_id}")
+            with atomic_dir(folder / case_id) as tmp:
+                sitk.WriteImage(ct, str(tmp / "ct.nii.gz"), True)
+                sitk.WriteImage(pet, str(tmp / "pet.nii.gz"), True)
+                sitk.WriteImage(sitk.Cast(label, sitk.sitkUInt8), str(tmp / "label.nii.gz"), True)
+                (tmp / "case.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if progress:
+            progress(1.0, f"Exported {len(prepared)} case(s) to {folder}")
+        return folder
+
+    # -- training -------------------------------------------------------------------------------
+    @staticmethod
+    def trainCommand(dataDir, runDir, config: str = "vmambax", epochs: int | None = None,
+                     device: str = "auto", resume: bool = False, extraArgs=()) -> list[str]:
+        """The ``vmambax train`` command line (argument list; never through a shell).
+
+        A resumed run takes its data, network and schedule from its checkpoint (changing them
+        would change the schedule), so only the run folder and the device are passed then.
+        """
+        run_dir = Path(runDir)
+        command = [pythonExecutable(), "-m", "vmambax", "train", "--out", str(run_dir),
+                   "--progress-file", str(run_dir / "progress.jsonl"),
+                   "--no-progress-bar"]  # progress comes from the JSON lines, not the log
+        if resume:
+            command += ["--resume"]
+        else:
+            command += ["--data", str(dataDir), "--config", config]
+            if epochs:
+                command += ["--epochs", str(int(epochs))]
+        if device and device != "auto":
+            command += ["--accelerator", "gpu" if device.startswith("cuda") else device]
+        return command + [str(a) for a in extraArgs]
+
+    def startTraining(self, dataDir, runDir, config: str = "vmambax", epochs: int | None = None,
+                      device: str = "auto", resume: bool = False, extraArgs=()) -> TrainingRun:
+        """Start ``vmambax train`` in the background and return at once (``dataDir`` is not
+        needed to resume: the run continues on the data it started with)."""
+        run_dir = Path(runDir)
+        if resume:
+            if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+                raise InputError(f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt; "
+                                 f"start a new training run instead")
+        else:
+            if dataDir is None or not Path(dataDir).is_dir():
+                raise InputError(f"training data folder {dataDir} does not exist; export the "
+                                 f"cases first or choose the folder of case sub-folders")
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():
+                raise ConfigError(f"run folder {run_dir} already holds a training run; press "
+                                  f"Resume to continue it, or choose an empty run folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "STOP").unlink(missing_ok=True)  # an old stop request would end it at once
+        command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs)
+        env = dict(os.environ)
+        # Inside Slicer vmambax sits next to the modules, which PythonSlicer does not search.
+        import vmambax
+
+        package_root = str(Path(vmambax.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        # Follow only what this process writes: a resumed run appends to the same file.
+        offset = _size(run_dir / "progress.jsonl")
+        log = open(run_dir / "train.log", "ab")
+        run = None
+        try:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, env=env, cwd=str(run_dir))
+            run = TrainingRun(process, run_dir, log, offset)
+        finally:
+            if run is None:
+                log.close()
+        return run
+
+    # -- result ---------------------------------------------------------------------------------
+    def registerModel(self, run: TrainingRun, name: str, description: str = ""):
+        """Add the run's model file to the user's model registry (VMambaX Segment lists it)."""
+        from vmambax.infer.registry import add_user_model
+
+        model_file = run.modelFile
+        if not model_file.is_file():
+            raise ModelFileError(f"the run in {run.runDir} has no model file ({model_file}); "
+                                 f"{run.failureMessage()}")
+        return add_user_model(name, model_file,
+                              description=description or f"trained in 3D Slicer ({run.runDir})",
+                              overwrite=True)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

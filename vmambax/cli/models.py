@@ -1,0 +1,87 @@
+"""``vmambax models``: list, add, remove, verify and download registered models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "models", help="list and manage segmentation models (shipped, downloaded, your own)",
+        description="Models come from Resources/Models/models.json (shipped or downloadable) and "
+                    "from your own registry (~/.vmambax/models.json, or $VMAMBAX_HOME).")
+    sub = parser.add_subparsers(dest="models_command", metavar="ACTION")
+    sub.add_parser("list", help="list registered models (default: this)")
+    add = sub.add_parser("add", help="register a model file under a name")
+    add.add_argument("name", help="name to use with --model (letters, digits, . _ -)")
+    add.add_argument("path", help="model file (.pt) written by `vmambax train` or `vmambax export`")
+    add.add_argument("--description", default="", help="one line shown by `vmambax models list`")
+    add.add_argument("--overwrite", action="store_true", help="replace an existing entry of that name")
+    rm = sub.add_parser("remove", help="forget a model you added (the file is kept)")
+    rm.add_argument("name")
+    ver = sub.add_parser("verify", help="check models' files against their SHA-256")
+    ver.add_argument("name", nargs="?", help="one model (default: all with a local file)")
+    dl = sub.add_parser("download", help="download a remote model into the cache now")
+    dl.add_argument("name")
+    parser.set_defaults(func=run)
+
+
+def _status(entry) -> str:
+    path = entry.local_path()
+    if entry.file:
+        return "ok" if path.is_file() else "MISSING"
+    return "cached" if path.is_file() else "remote"
+
+
+def run(args: argparse.Namespace) -> int:
+    from vmambax.infer import registry
+
+    action = args.models_command or "list"
+    if action == "list":
+        entries = registry.list_models()
+        if not entries:
+            print(f"no models registered (looked in {registry.models_dir() / 'models.json'} and "
+                  f"{registry.user_registry_path()})")
+            return 0
+        default = registry.default_model().name
+        rows = [("", "NAME", "CONFIG", "SOURCE", "STATUS", "DESCRIPTION")]
+        rows += [("*" if e.name == default else "", e.name, e.config or "?", e.source, _status(e),
+                  e.description) for e in entries]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+        print("(* = default; use --model NAME or --model PATH)")
+        return 0
+    if action == "add":
+        entry = registry.add_user_model(args.name, args.path, description=args.description,
+                                        overwrite=args.overwrite)
+        print(f"registered {entry.name!r} ({entry.config}) -> {entry.file}")
+        return 0
+    if action == "remove":
+        registry.remove_user_model(args.name)
+        print(f"removed {args.name!r} from {registry.user_registry_path()}")
+        return 0
+    if action == "download":
+        path, _entry = registry.resolve_model(args.name, progress=_print_progress())
+        print(f"\n{args.name}: {path}")
+        return 0
+    if action == "verify":
+        entries = [registry.get_model(args.name)] if args.name else [
+            e for e in registry.list_models() if e.local_path().is_file()]
+        for entry in entries:
+            if entry.url and not entry.local_path().is_file():
+                print(f"{entry.name}: remote, not downloaded yet (`vmambax models download {entry.name}`)")
+                continue
+            path, _ = registry.resolve_model(entry.name)  # raises ModelFileError on a mismatch
+            print(f"{entry.name}: OK ({path})")
+        return 0
+    raise AssertionError(action)
+
+
+def _print_progress():
+    import sys
+
+    def show(fraction: float, message: str) -> None:
+        print(f"\r{message} ({fraction:.0%})", end="", file=sys.stderr, flush=True)
+
+    return show

@@ -1,0 +1,132 @@
+"""``vmambax train``: train vMambaX on PCLT20K-layout data or volume case folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vmambax.errors import ConfigError
+
+HELP = "train a model (PCLT20K layout or volume case folders) with resume, DDP and a progress stream"
+
+EPILOG = """examples:
+  vmambax train --data cases/ --config vmambax-nano --out runs/nano --crop-size 256 --epochs 20
+  vmambax train --data PCLT20K/ --config vmambax --out runs/paper            # the paper recipe
+  vmambax train --out runs/paper --resume                                   # continue a run
+  torchrun --nproc_per_node 4 -m vmambax train --data PCLT20K/ --out runs/ddp --batch-size 4
+  touch runs/paper/STOP                                  # stop cleanly (checkpoint, exit 0)
+"""
+
+
+def _devices(text: str):
+    return text if text == "auto" or "," in text else int(text)
+
+
+def _count_or_fraction(text: str):
+    return float(text) if "." in text else int(text)
+
+
+def _override(text: str):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: use KEY=VALUE, e.g. drop_path=0.1")
+    import json
+
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help=HELP, description=HELP, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="PCLT20K-layout folder (train.txt ...) or a folder of volume "
+                   "cases (<case>/ct.nii.gz, pet.nii.gz, label.nii.gz)")
+    p.add_argument("--config", help="model configuration (default vmambax; see `vmambax info`)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, "
+                   "model.pt, progress.jsonl")
+    p.add_argument("--override", action="append", type=_override, metavar="KEY=VALUE",
+                   help="model config field override (repeatable), e.g. drop_path=0.1")
+    r = p.add_argument_group("recipe (defaults: the paper's, spec section 8)")
+    r.add_argument("--epochs", type=int, help="default 50")
+    r.add_argument("--batch-size", type=int, help="per process (default 8)")
+    r.add_argument("--lr", type=float, help="AdamW learning rate (default 6e-5)")
+    r.add_argument("--weight-decay", type=float, help="default 1e-2 (none on A_log, D, biases, norms)")
+    r.add_argument("--warmup-epochs", type=int, help="linear warm-up epochs before the cosine (default 0)")
+    r.add_argument("--crop-size", type=int, help="train on random crops of this side (multiple of "
+                   "128, pixel scale kept); default: whole slices")
+    r.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                   help="turn off the paper's geometric augmentation")
+    r.add_argument("--seed", type=int, help="default 42")
+    r.add_argument("--val-every", type=int, help="validate every N epochs (default 1)")
+    r.add_argument("--val-fraction", type=float, help="patient share carved for validation when "
+                   "the data has no val.txt (default 0.1)")
+    r.add_argument("--pretrained-encoder", metavar="PTH", help="VMamba-T ImageNet checkpoint for the encoder")
+    h = p.add_argument_group("hardware and scale-out")
+    h.add_argument("--accelerator", choices=("auto", "cpu", "gpu", "cuda"), help="default auto")
+    h.add_argument("--devices", type=_devices, help="'auto', a count or a list like 0,1 (DDP when > 1)")
+    h.add_argument("--nodes", type=int, help="number of nodes (torchrun/SLURM)")
+    h.add_argument("--strategy", help="Lightning strategy (default: ddp when more than one process)")
+    h.add_argument("--precision", help="auto (bf16-mixed/16-mixed on CUDA, 32-true on CPU), "
+                   "32-true, 16-mixed, bf16-mixed")
+    h.add_argument("--num-workers", type=int, help="data loader workers per process (default 4)")
+    h.add_argument("--deterministic", action="store_const", const=True, help="deterministic kernels (slower)")
+    s = p.add_argument_group("runs, resume and progress")
+    s.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue RUN_DIR/checkpoints/last.ckpt (or the given checkpoint) with "
+                   "the same schedule, optimizer and RNG state")
+    s.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke runs)")
+    s.add_argument("--limit-train-batches", type=_count_or_fraction, metavar="N|F",
+                   help="batches per epoch (count, or fraction with a '.')")
+    s.add_argument("--limit-val-batches", type=_count_or_fraction, metavar="N|F")
+    s.add_argument("--progress-file", metavar="JSONL", help="default RUN_DIR/progress.jsonl; '-' for none")
+    s.add_argument("--progress-stdout", action="store_const", const=True,
+                   help="also write the JSON-lines progress to stdout")
+    s.add_argument("--stop-file", help="stop cleanly when this file appears (default RUN_DIR/STOP)")
+    s.add_argument("--no-progress-bar", dest="progress_bar", action="store_const", const=False)
+    s.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests
+    p.set_defaults(func=run)
+
+
+OPTION_FIELDS = ("data", "config", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
+                 "crop_size", "augment", "seed", "val_every", "val_fraction", "pretrained_encoder",
+                 "accelerator", "devices", "nodes", "strategy", "precision", "num_workers",
+                 "deterministic", "max_steps", "limit_train_batches", "limit_val_batches",
+                 "progress_file", "progress_stdout", "stop_file", "progress_bar", "stop_after_steps")
+
+
+def config_from_args(args):
+    """TrainConfig from the options actually given (resumed runs inherit the rest)."""
+    from vmambax.train.config import TrainConfig
+    from vmambax.train.run import config_for_resume, resolve_resume_path
+
+    given = {k: getattr(args, k) for k in OPTION_FIELDS if getattr(args, k, None) is not None}
+    if args.override:
+        given["config_overrides"] = dict(args.override)
+    given["out"] = args.out
+    if args.resume:
+        probe = TrainConfig(data=given.get("data", ""), out=args.out, resume=args.resume)
+        return config_for_resume(resolve_resume_path(probe), **given)
+    if "data" not in given:
+        raise ConfigError("--data is required for a new run (or pass --resume to continue one).")
+    return TrainConfig(**given)
+
+
+def run(args) -> int:
+    from vmambax.train.run import train
+
+    cfg = config_from_args(args)
+    result = train(cfg)
+    if result.model_file is None:
+        return 0  # ranks > 0 of a distributed run
+    best = result.best_metrics.get("best_val_dice")
+    note = f", best validation Dice {best:.4f}" if best is not None else ""
+    if result.status == "stopped":
+        print(f"training stopped in epoch {result.epoch} at step {result.global_step}{note}; model "
+              f"file {result.model_file}; continue with: vmambax train --out {cfg.out} --resume",
+              file=sys.stderr)
+    else:
+        print(f"training done: {result.global_step} steps{note}; model file {result.model_file}",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,89 @@
+"""PNG preview of a segmentation: coronal PET MIP with the contour, plus the largest lesions' slices.
+
+Rendered with matplotlib's object API on the Agg canvas (no pyplot global state, so it is safe
+inside 3D Slicer and headless servers). Images are reoriented to LPS first so that every preview
+shows the same radiological convention (patient right on image left, anterior up, head up).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+CT_DISPLAY_WINDOW = (-1350.0, 150.0)  # lung window (W 1500, L -600): tumour and parenchyma visible
+PET_MIN_DISPLAY_SUV = 1.0  # below this the fused PET overlay is transparent
+MAX_AXIAL = 3
+
+
+def _lps_arrays(ct, pet, label):
+    import SimpleITK as sitk
+
+    images = [sitk.DICOMOrient(img, "LPS") for img in (ct, pet, label)]
+    return images[0], [sitk.GetArrayFromImage(img) for img in images]
+
+
+def _pet_vmax(pet: np.ndarray) -> float:
+    body = pet[pet > 0.1]
+    return float(np.clip(np.percentile(body, 99.9) if body.size else 5.0, 5.0, 15.0))
+
+
+def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
+                   title: str | None = None, dpi: int = 100) -> bytes:
+    """Return PNG bytes. ``ct``/``pet_suv``/``label`` are SimpleITK images on one grid;
+    ``lesions`` are the report's lesion dicts (``centroid_mm``, ``suv_max``, ``mtv_ml``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ref, (ct_a, pet_a, lab_a) = _lps_arrays(ct, pet_suv, label)
+    sx, sy, sz = ref.GetSpacing()
+    vmax = _pet_vmax(pet_a)
+    chosen = sorted(lesions or [], key=lambda l: -float(l.get("mtv_ml", 0.0)))[:MAX_AXIAL]
+    n_ax = max(1, len(chosen))
+
+    fig = Figure(figsize=(4.0 + 3.2 * n_ax, 5.2), dpi=dpi, facecolor="white")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(1, 1 + n_ax, width_ratios=[1.25] + [1.0] * n_ax, wspace=0.08)
+
+    # Coronal maximum-intensity projection (along y = anterior->posterior), inverted grey as in
+    # nuclear-medicine reading; origin="lower" puts the head (superior, larger z) at the top.
+    ax = fig.add_subplot(grid[0, 0])
+    mip = pet_a.max(axis=1)
+    ax.imshow(mip, cmap="gray_r", vmin=0, vmax=vmax, origin="lower", aspect=sz / sx,
+              interpolation="bilinear")
+    mask_mip = lab_a.max(axis=1)
+    if mask_mip.any():
+        ax.contour(mask_mip, levels=[0.5], colors="red", linewidths=1.0)
+    ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}) + segmentation", fontsize=9)
+    ax.set_axis_off()
+
+    if chosen:
+        picks = []
+        for les in chosen:
+            idx = ref.TransformPhysicalPointToIndex([float(c) for c in les["centroid_mm"]])
+            z = int(np.clip(idx[2], 0, ct_a.shape[0] - 1))
+            picks.append((z, f"lesion {les.get('id', '?')}: SUVmax {float(les.get('suv_max', 0)):.1f}, "
+                             f"MTV {float(les.get('mtv_ml', 0)):.1f} mL"))
+            ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
+    else:
+        z = int(np.unravel_index(np.argmax(pet_a), pet_a.shape)[0])
+        picks = [(z, "no lesion segmented (slice at PET max)")]
+
+    for k, (z, caption) in enumerate(picks):
+        axk = fig.add_subplot(grid[0, 1 + k])
+        axk.imshow(ct_a[z], cmap="gray", vmin=CT_DISPLAY_WINDOW[0], vmax=CT_DISPLAY_WINDOW[1],
+                   aspect=sy / sx, interpolation="bilinear")
+        overlay = np.ma.masked_less(pet_a[z], PET_MIN_DISPLAY_SUV)
+        axk.imshow(overlay, cmap="hot", vmin=0, vmax=vmax, alpha=0.55, aspect=sy / sx,
+                   interpolation="bilinear")
+        if lab_a[z].any():
+            axk.contour(lab_a[z], levels=[0.5], colors="lime", linewidths=1.0)
+        axk.set_title(f"axial slice {z}\n{caption}", fontsize=8)
+        axk.set_axis_off()
+
+    fig.suptitle(title or "VMambaX segmentation", fontsize=10)
+    fig.text(0.5, 0.01, "Research software - not for clinical use. R on image left (radiological).",
+             ha="center", fontsize=7, color="gray")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()

@@ -1,0 +1,132 @@
+"""SS2D: VMamba's 2D selective-scan mixer (spec §2), used by the encoder, DCIM and the decoder.
+
+Tensors are channels-last ``(B, H, W, C)``. The scan itself is ``vmambax.ops.selective_scan``;
+``scan_override`` lets the FLOP counter put a placeholder in its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmambax import ops
+
+K_DIRECTIONS = 4
+_scan_override = None
+
+
+@contextlib.contextmanager
+def scan_override(fn):
+    """Route every SS2D/SS1D scan through ``fn`` (same signature as ``ops.selective_scan``)."""
+    global _scan_override
+    previous, _scan_override = _scan_override, fn
+    try:
+        yield
+    finally:
+        _scan_override = previous
+
+
+def run_scan(u, delta, A, B, C, D, delta_bias):
+    """The one call site of the selective scan for the whole model (softplus on delta, fp32 inside)."""
+    fn = _scan_override or ops.selective_scan
+    return fn(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=True)
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 4, C, H·W): row-major, column-major, and both reversed."""
+    rows = x.flatten(2)
+    cols = x.transpose(2, 3).flatten(2)
+    fwd = torch.stack([rows, cols], dim=1)
+    return torch.cat([fwd, fwd.flip(-1)], dim=1)
+
+
+def cross_merge(y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, 4, C, H·W) -> (B, C, H·W) in row-major order: the sum of the 4 directions' outputs."""
+    b, _, c, length = y.shape
+    y = y[:, :2] + y[:, 2:].flip(-1)
+    cols = y[:, 1].view(b, c, w, h).transpose(2, 3).reshape(b, c, length)
+    return y[:, 0] + cols
+
+
+def init_dt_bias(d_inner: int, dt_min: float = 1e-3, dt_max: float = 0.1, floor: float = 1e-4) -> torch.Tensor:
+    """softplus⁻¹(dt) with dt log-uniform in [dt_min, dt_max] (Mamba's init, spec §2)."""
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))
+
+
+def init_a_log(channels: int, d_state: int) -> torch.Tensor:
+    """S4D-real: A_log[d, n] = log(n + 1), so A = -(1..N) for every channel."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(channels, 1)
+
+
+class SS2D(nn.Module):
+    """4-direction selective scan over a 2D map (VMamba ``forward_corev2``)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.d_inner, self.d_state = d_inner, d_state
+        self.dt_rank = math.ceil(d_model / 16)
+        k = K_DIRECTIONS
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2, groups=d_inner, bias=True)
+        # Per-direction x_proj (PyTorch's default Linear init) and dt_proj (U(±R^-0.5)), stacked.
+        bound = 1.0 / math.sqrt(d_inner)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        r = self.dt_rank ** -0.5
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, self.dt_rank).uniform_(-r, r))
+        self.dt_projs_bias = nn.Parameter(torch.stack([init_dt_bias(d_inner) for _ in range(k)]))
+        self.A_logs = nn.Parameter(init_a_log(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.ones(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        xs, z = self.in_proj(x).chunk(2, dim=-1)
+        xs = F.silu(self.conv2d(xs.permute(0, 3, 1, 2).contiguous()))
+        y = self.scan_2d(xs)  # (B, Di, L)
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner))
+        return self.out_proj(y * F.silu(z))
+
+    def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Di, H, W) -> (B, Di, H·W): cross-scan, per-direction projections, scan, cross-merge."""
+        b, d, h, w = x.shape
+        length, n = h * w, self.d_state
+        xs = cross_scan(x)  # (B, K, Di, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, n, n], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        y = run_scan(
+            xs.reshape(b, -1, length), dts.reshape(b, -1, length), -torch.exp(self.A_logs.float()),
+            bs.contiguous(), cs.contiguous(), self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),
+        )
+        return cross_merge(y.view(b, K_DIRECTIONS, d, length), h, w)
+
+
+def linspace(end: float, n: int) -> list[float]:
+    """n stochastic-depth rates from 0 to ``end`` (plain Python: also works under a meta device)."""
+    return [end * k / (n - 1) for k in range(n)] if n > 1 else [0.0] * n
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode or with p = 0)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"

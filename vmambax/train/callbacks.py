@@ -1,0 +1,265 @@
+"""Callbacks and plugins: JSON-lines progress, clean stop requests, atomic checkpoint writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from vmambax.utils import atomic_path
+
+
+# ---------------------------------------------------------------------------- atomic checkpoints
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file in the target folder, fsync, then rename it.
+
+    Lightning's own save writes the final file in place, so a crash or a full disk during the
+    save can leave a truncated last.ckpt and nothing to resume from. Loading always uses
+    ``weights_only=True`` (the engine stores only tensors and plain types).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
+        return torch.load(path, map_location=map_location or (lambda storage, loc: storage),
+                          weights_only=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that reports each save and can be suspended after a stop request (so the
+    end-of-epoch save cannot overwrite the mid-epoch stop checkpoint)."""
+
+    def __init__(self, *args, on_saved: Callable[[str], None] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_saved = on_saved
+        self.suspended = False
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self.suspended:
+            return
+        super()._save_checkpoint(trainer, filepath)
+        if self.on_saved is not None and trainer.is_global_zero:
+            self.on_saved(filepath)
+
+
+# ---------------------------------------------------------------------------- progress stream
+class ProgressWriter:
+    """JSON lines (one event a line, flushed) to a file and/or stdout; only global rank 0 writes.
+
+    The Slicer training module tails the file; see docs/ARCHITECTURE.md for the schema.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, stdout: bool = False, rank: int = 0):
+        self.path = Path(path) if path else None
+        self.stdout = stdout
+        self.rank = rank
+        self._file: TextIO | None = None
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        if self.rank != 0:
+            return
+        record = {"event": event, "time": round(time.time(), 3), **fields}
+        line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
+        with self._lock:
+            if self.path is not None:
+                if self._file is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._file = open(self.path, "a", encoding="utf-8")
+                self._file.write(line)
+                self._file.flush()
+            if self.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _json_default(x):
+    if isinstance(x, torch.Tensor):
+        return x.item() if x.numel() == 1 else x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+class ProgressStream(Callback):
+    """Emits start / step (throttled) / epoch events. done/stopped/error come from the runner."""
+
+    def __init__(self, writer: ProgressWriter, every_s: float = 2.0, every_steps: int = 50,
+                 start_info: dict | None = None, stopping: Callable[[], bool] = lambda: False):
+        self.writer, self.every_s, self.every_steps = writer, every_s, every_steps
+        self.stopping = stopping
+        self.start_info = start_info or {}
+        self._t0 = self._last_emit = 0.0
+        self._step0 = 0
+        self._losses: list[float] = []
+        self._last_emit_step = 0
+        self.best: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.writer.rank = trainer.global_rank
+        self._t0 = self._last_emit = time.monotonic()
+        self._step0 = self._last_emit_step = trainer.global_step
+        self.writer.emit("start", epoch=trainer.current_epoch, step=trainer.global_step,
+                         epochs=trainer.max_epochs, total_steps=self._total(trainer),
+                         steps_per_epoch=trainer.num_training_batches, world_size=trainer.world_size,
+                         resumed=trainer.global_step > 0, **self.start_info)
+
+    @staticmethod
+    def _total(trainer) -> int:
+        return int(getattr(trainer.lightning_module, "total_steps", 0) or trainer.estimated_stepping_batches)
+
+    def eta_s(self, trainer) -> float | None:
+        done = trainer.global_step - self._step0
+        if done <= 0:
+            return None
+        # Mean wall time per step since start, validation included, times the steps left.
+        per_step = (time.monotonic() - self._t0) / done
+        return max(self._total(trainer) - trainer.global_step, 0) * per_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._losses.append(float(loss.detach()))
+        now = time.monotonic()
+        steps = trainer.global_step - self._last_emit_step
+        if steps <= 0 or (now - self._last_emit < self.every_s and steps < self.every_steps
+                          and trainer.global_step != self._total(trainer)):
+            return
+        images = steps * _batch_size(batch) * trainer.world_size
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+        self.writer.emit(
+            "step", epoch=trainer.current_epoch, step=trainer.global_step,
+            total_steps=self._total(trainer), batch=batch_idx + 1,
+            batches_per_epoch=trainer.num_training_batches,
+            loss=_finite(sum(self._losses) / len(self._losses)) if self._losses else None,
+            lr=lr, images_per_s=round(images / max(now - self._last_emit, 1e-9), 3),
+            eta_s=_round(self.eta_s(trainer)))
+        self._losses.clear()
+        self._last_emit, self._last_emit_step = now, trainer.global_step
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.stopping():
+            return  # an interrupted epoch; the runner reports "stopped"
+        m = trainer.callback_metrics
+        rec = {k: _finite(float(m[k])) for k in ("val_dice", "val_iou", "val_dice_macro",
+                                                  "val_iou_macro", "val_balanced_acc") if k in m}
+        ran_val = bool(rec) and getattr(pl_module, "last_val", None)
+        if ran_val and rec.get("val_dice") is not None:
+            self.best = rec["val_dice"] if self.best is None else max(self.best, rec["val_dice"])
+        if "train_loss_epoch" in m:
+            rec["train_loss"] = _finite(float(m["train_loss_epoch"]))
+        self.writer.emit("epoch", epoch=trainer.current_epoch, step=trainer.global_step,
+                         total_steps=self._total(trainer), best=self.best, eta_s=_round(self.eta_s(trainer)),
+                         **rec)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state.get("best")
+
+
+def _batch_size(batch) -> int:
+    return int(batch["ct"].shape[0]) if isinstance(batch, dict) else 1
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+# ---------------------------------------------------------------------------- stop requests
+class StopRequest(Callback):
+    """Stop cleanly after the current step when a stop file appears or on SIGTERM/SIGINT.
+
+    The decision is OR-reduced over ranks (the file may be visible on one node only, the signal
+    may reach one process), then the checkpoint is written and all ranks leave ``fit`` together.
+    A second SIGINT aborts at once (KeyboardInterrupt).
+    """
+
+    def __init__(self, stop_file: str | os.PathLike, checkpoint_path: str | os.PathLike,
+                 on_stop: Callable[[str, int], None] | None = None, after_steps: int | None = None,
+                 handle_signals: bool = True, checkpoints: list[RunCheckpoint] = ()):
+        self.stop_file = Path(stop_file)
+        self.checkpoint_path = str(checkpoint_path)
+        self.on_stop = on_stop
+        self.after_steps = after_steps
+        self.handle_signals = handle_signals
+        self.checkpoints = list(checkpoints)
+        self.signalled: str | None = None
+        self.stopped = False
+        self.reason: str | None = None
+        self.epoch: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    # Signals ---------------------------------------------------------------
+    def _handler(self, signum, frame):
+        if signum == signal.SIGINT and self.signalled:
+            raise KeyboardInterrupt
+        self.signalled = signal.Signals(signum).name
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Installed after Lightning's own SIGTERM handler, so ours decides; restored at the end.
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handler)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)
+        self._previous.clear()
+
+    # Stop ------------------------------------------------------------------
+    def _local_reason(self, trainer) -> str | None:
+        if self.signalled:
+            return f"signal {self.signalled}"
+        if self.stop_file.exists():
+            return f"stop file {self.stop_file}"
+        if self.after_steps is not None and trainer.global_step >= self.after_steps:
+            return f"after {self.after_steps} steps"
+        return None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        reason = self._local_reason(trainer)
+        if not trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            return
+        self.reason = reason or "stop requested on another process"
+        self.epoch = trainer.current_epoch
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
+        for cb in self.checkpoints:
+            cb.suspended = True
+        self.stopped = True
+        trainer.should_stop = True
+        # Lightning would validate before leaving; skip it, the epoch is incomplete (and the
+        # resumed run validates it when the epoch ends).
+        trainer.limit_val_batches = 0
+        if self.on_stop is not None and trainer.is_global_zero:
+            self.on_stop(self.checkpoint_path, trainer.global_step)

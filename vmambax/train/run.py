@@ -1,0 +1,326 @@
+"""``train(cfg)``: the one entry point of ``vmambax train`` and the Slicer training module.
+
+Outputs in ``cfg.out`` (RUN_DIR):
+  checkpoints/last.ckpt         every epoch and on a stop request (atomic; resume from it)
+  checkpoints/best-*.ckpt       best validation micro Dice so far
+  model.pt                      the inference model file (from the best checkpoint)
+  progress.jsonl                JSON-lines progress (schema in docs/ARCHITECTURE.md)
+  logs/                         Lightning CSV metrics
+  data/                         the PCLT-layout export when --data held volume cases
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from vmambax.errors import ConfigError, InputError, VMambaXError
+from vmambax.train.config import TrainConfig
+
+#: Options that define a run: a resumed run must keep them, or its schedule would change.
+RECIPE_FIELDS = ("config", "config_overrides", "epochs", "batch_size", "lr", "weight_decay", "betas",
+                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "seed", "max_steps",
+                 "limit_train_batches", "val_fraction")
+HPARAMS_KEY = "train_config"
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done" | "stopped"
+    run_dir: Path
+    model_file: Path | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    epoch: int
+    global_step: int
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- resume helpers
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The TrainConfig dict stored in a training checkpoint."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:
+        raise InputError(f"checkpoint {path} does not exist; give --resume RUN_DIR/checkpoints/last.ckpt "
+                         "of an earlier run (or start a new run without --resume).") from None
+    except Exception as exc:
+        raise InputError(f"cannot read checkpoint {path} ({exc}); it may be truncated. Resume from "
+                         "another checkpoint in the same folder.") from None
+    hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    if HPARAMS_KEY not in hp:
+        raise InputError(f"{path} is not a `vmambax train` checkpoint (no training configuration in it).")
+    return dict(hp[HPARAMS_KEY])
+
+
+def resolve_resume_path(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    path = cfg.last_checkpoint if cfg.resume in ("last", "auto") else Path(cfg.resume)
+    if path.is_dir():  # a RUN_DIR
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.is_file():
+        raise InputError(f"nothing to resume: {path} does not exist. Resume needs the last.ckpt an "
+                         "earlier run wrote; start a new run without --resume instead.")
+    return path
+
+
+def config_for_resume(checkpoint: str | os.PathLike, **changes) -> TrainConfig:
+    """The saved TrainConfig of a run with operational ``changes`` (devices, progress, ...).
+
+    Changing a recipe field (RECIPE_FIELDS) raises ConfigError: it would alter the schedule.
+    """
+    saved = read_checkpoint_config(checkpoint)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    base = {k: v for k, v in saved.items() if k in known}
+    base["betas"] = tuple(base.get("betas", (0.9, 0.999)))
+    diffs = [f"--{k.replace('_', '-')} {v!r} (the run used {base.get(k)!r})"
+             for k, v in changes.items() if k in RECIPE_FIELDS and _norm(v) != _norm(base.get(k))]
+    if diffs:
+        raise ConfigError("a resumed run keeps its recipe so the schedule continues unchanged; drop "
+                          + "; ".join(diffs) + ", or start a new run in another --out folder.")
+    base.update(changes)
+    base["resume"] = str(checkpoint)
+    return TrainConfig(**base)
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v
+
+
+# ---------------------------------------------------------------------------- environment
+def launch_topology(cfg: TrainConfig) -> tuple[Any, int]:
+    """(devices, nodes): explicit values, or under torchrun/SLURM the launcher's layout."""
+    devices, nodes = cfg.devices, cfg.nodes
+    env = os.environ
+    if devices == "auto":
+        if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:  # torchrun / torch.distributed.run
+            devices = int(env["LOCAL_WORLD_SIZE"])
+            nodes = max(int(env["WORLD_SIZE"]) // devices, 1)
+        elif "SLURM_NTASKS_PER_NODE" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):
+            devices = int(env["SLURM_NTASKS_PER_NODE"].split("(")[0])
+            nodes = int(env.get("SLURM_NNODES", nodes))
+    return devices, nodes
+
+
+def global_rank_from_env(devices) -> int:
+    """This process's global rank before the Trainer exists: torchrun sets RANK, SLURM sets
+    SLURM_PROCID, Lightning's own launcher sets LOCAL_RANK (+ NODE_RANK) in the processes it
+    starts. Rank 0 alone prepares the run folder and data and writes the outputs."""
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
+        return int(env["SLURM_PROCID"])
+    if "LOCAL_RANK" in env:
+        per_node = devices if isinstance(devices, int) else 1
+        return int(env.get("NODE_RANK", 0)) * per_node + int(env["LOCAL_RANK"])
+    return 0
+
+
+def resolve_accelerator_precision(cfg: TrainConfig) -> tuple[str, str]:
+    import torch
+
+    accel = cfg.accelerator
+    if accel == "auto":
+        accel = "gpu" if torch.cuda.is_available() else "cpu"
+    if accel == "cuda":
+        accel = "gpu"
+    if accel == "gpu" and not torch.cuda.is_available():
+        raise ConfigError("--accelerator gpu was asked for but PyTorch sees no CUDA device; use "
+                          "--accelerator cpu or install a CUDA build of PyTorch.")
+    prec = cfg.precision
+    if prec == "auto":
+        if accel == "gpu":
+            prec = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            prec = "32-true"
+    if prec == "32":
+        prec = "32-true"
+    return accel, prec
+
+
+def world_size_of(trainer_devices, nodes: int, accel: str) -> int:
+    import torch
+
+    if isinstance(trainer_devices, int):
+        n = trainer_devices
+    elif isinstance(trainer_devices, str) and trainer_devices != "auto":
+        n = len([d for d in trainer_devices.split(",") if d.strip()])
+    else:
+        n = torch.cuda.device_count() if accel == "gpu" else 1
+    return max(n, 1) * nodes
+
+
+def _check_config_name(cfg: TrainConfig) -> None:
+    from vmambax.model import get_config
+
+    get_config(cfg.config, **cfg.config_overrides)  # ConfigError with the known names
+
+
+def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
+    if resume is None and cfg.last_checkpoint.exists():
+        raise ConfigError(f"{cfg.out} already holds a training run ({cfg.last_checkpoint}); continue "
+                          "it with --resume, or choose a new --out folder.")
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+
+
+# ---------------------------------------------------------------------------- train
+def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
+          param_groups_fn: Callable | None = None) -> TrainResult:
+    """Train per ``cfg``; returns when done or stopped (stop file / signal). Raises VMambaXError
+    for bad input before writing anything but the run folder.
+
+    ``model`` (advanced/tests): a prepared network to train instead of ``build_model(cfg.config)``.
+    """
+    cfg.validate()
+    _check_config_name(cfg)
+    resume = resolve_resume_path(cfg)
+    if resume is not None and cfg.resume not in (str(resume),):
+        cfg = cfg.replace(resume=str(resume))
+    accel, precision = resolve_accelerator_precision(cfg)
+    devices, nodes = launch_topology(cfg)
+    world = world_size_of(devices, nodes, accel)
+    # SyncBN pools BatchNorm statistics across processes; torch implements it for CUDA only.
+    sync_bn = world > 1 and accel == "gpu"
+    if cfg.batch_size * (world if sync_bn else 1) < 2:
+        # CGM's BatchNorm sees 1x1 pooled maps: its batch statistics need >= 2 samples per step.
+        raise ConfigError("--batch-size 1 cannot train here: the CGM BatchNorm needs at least 2 "
+                          "samples per step (pooled across GPUs only with SyncBN on CUDA). Use "
+                          "--batch-size 2 or more (with --crop-size to save memory).")
+
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger
+
+    from vmambax.train.callbacks import AtomicCheckpointIO, ProgressStream, ProgressWriter, RunCheckpoint, StopRequest
+    from vmambax.train.datamodule import (SliceDataModule, check_data_path, load_splits,
+                                          prepare_data_root, split_summary)
+    from vmambax.train.export import export_model_file
+    from vmambax.train.module import SegmentationModule
+
+    rank = global_rank_from_env(devices)
+    check_data_path(cfg.data)
+    if rank == 0:
+        _prepare_run_dir(cfg, resume)
+    writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank)
+    if rank == 0 and resume is None and cfg.progress_path is not None and cfg.progress_path.exists():
+        cfg.progress_path.unlink()  # a fresh run starts a fresh stream
+    if rank == 0 and cfg.stop_path.exists():
+        cfg.stop_path.unlink()  # a stale request from the run we are resuming
+    try:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                       export=rank == 0)
+        train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        data_info = {"kind": kind, "source": str(Path(cfg.data).resolve()), "root": str(Path(root).resolve()),
+                     "train": split_summary(train_src), "val": split_summary(val_src)}
+
+        if model is None:
+            from vmambax.model import build_model
+
+            overrides = dict(cfg.config_overrides)
+            if cfg.pretrained_encoder and resume is None:
+                overrides["pretrained_encoder"] = cfg.pretrained_encoder
+            model = build_model(cfg.config, **overrides)
+        hparams = {HPARAMS_KEY: cfg.to_dict(), "data": data_info}
+        hparams.update({k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS})
+        module = SegmentationModule(model, hparams, param_groups_fn=param_groups_fn)
+        dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
+                             val_batch_size=cfg.val_batch_size or cfg.batch_size,
+                             crop_size=cfg.crop_size, augment=cfg.augment, seed=cfg.seed,
+                             num_workers=cfg.num_workers)
+        dm.allow_zero_length_dataloader_with_multiple_devices = True
+
+        emit_saved = lambda p: writer.emit("checkpoint", path=str(p))  # noqa: E731
+        ckpt_cb = RunCheckpoint(  # best validation micro Dice (the reference monitored test IoU)
+            dirpath=str(cfg.checkpoint_dir), filename="best-epoch{epoch:03d}-dice{val_dice:.4f}",
+            auto_insert_metric_name=False, monitor="val_dice", mode="max", save_top_k=1,
+            on_saved=emit_saved)
+        last_cb = RunCheckpoint(  # every epoch, validated or not (Lightning's save_last skips
+            # epochs in which the monitored checkpoint did not improve)
+            dirpath=str(cfg.checkpoint_dir), filename="last", monitor=None, save_top_k=1,
+            save_on_train_epoch_end=True, enable_version_counter=False, on_saved=emit_saved)
+        stop_cb = StopRequest(cfg.stop_path, cfg.last_checkpoint, after_steps=cfg.stop_after_steps,
+                              checkpoints=[ckpt_cb, last_cb],
+                              on_stop=lambda p, s: writer.emit("checkpoint", path=str(p), step=s))
+        progress_cb = ProgressStream(writer, every_s=cfg.progress_every_s, stopping=lambda: stop_cb.stopped, start_info={
+            "config": cfg.config, "data": data_info, "precision": precision, "accelerator": accel,
+            "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
+        show_bar = cfg.progress_bar and sys.stderr.isatty()
+        trainer = pl.Trainer(
+            accelerator=accel, devices=devices, num_nodes=nodes,
+            strategy=cfg.strategy if cfg.strategy != "auto" or world == 1 else "ddp",
+            precision=precision, sync_batchnorm=sync_bn, max_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1,
+            limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
+            check_val_every_n_epoch=cfg.val_every, num_sanity_val_steps=0,
+            use_distributed_sampler=False, deterministic=cfg.deterministic,
+            callbacks=[progress_cb, stop_cb, *callbacks, ckpt_cb, last_cb],
+            plugins=[AtomicCheckpointIO()], logger=CSVLogger(str(cfg.out_dir), name="logs"),
+            log_every_n_steps=10, enable_progress_bar=show_bar, enable_model_summary=show_bar,
+            default_root_dir=str(cfg.out_dir))
+        with warnings.catch_warnings():
+            # We run our own samplers and resumable loaders on purpose.
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before.*")
+            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+            warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", message=".*treespec.*")
+            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None,
+                        **_weights_only_kwarg(trainer))
+    except VMambaXError as exc:
+        writer.emit("error", message=str(exc))
+        writer.close()
+        raise
+    except BaseException as exc:
+        writer.emit("error", message=f"{type(exc).__name__}: {exc}")
+        writer.close()
+        raise
+
+    status = "stopped" if stop_cb.stopped else "done"
+    # Epochs fully trained (Lightning counts the interrupted one as ended too).
+    epochs_done = int(stop_cb.epoch) if stop_cb.stopped else int(trainer.current_epoch)
+    best = ckpt_cb.best_model_path or None
+    best_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+    if best and ckpt_cb.best_model_score is not None:
+        best_metrics["best_val_dice"] = float(ckpt_cb.best_model_score)
+    model_file = None
+    if trainer.is_global_zero:
+        metadata = {
+            "status": status, "epochs_completed": epochs_done, "global_step": int(trainer.global_step),
+            "best_checkpoint": Path(best).name if best else None,
+            "best_val_dice": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+            "recipe": {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS},
+            "data": data_info, "precision": precision, "accelerator": accel, "world_size": int(trainer.world_size),
+        }
+        export_model = _fresh_model(cfg, module.model)
+        model_file = export_model_file(cfg.model_file, export_model, config_name=cfg.config,
+                                       checkpoint=best, metadata=metadata)
+        writer.emit(status, epochs_completed=epochs_done, step=int(trainer.global_step),
+                    model_file=str(model_file), best_checkpoint=best, last_checkpoint=str(cfg.last_checkpoint),
+                    reason=stop_cb.reason, best_val_dice=metadata["best_val_dice"])
+    writer.close()
+    return TrainResult(status=status, run_dir=cfg.out_dir, model_file=model_file,
+                       last_checkpoint=cfg.last_checkpoint if cfg.last_checkpoint.exists() else None,
+                       best_checkpoint=Path(best) if best else None, epoch=epochs_done,
+                       global_step=int(trainer.global_step), best_metrics=best_metrics)
+
+
+def _fresh_model(cfg: TrainConfig, trained):
+    """A CPU copy of the trained network to export into (the trained one stays untouched)."""
+    import copy
+
+    return copy.deepcopy(trained).cpu()
+
+
+def _weights_only_kwarg(trainer) -> dict:
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
