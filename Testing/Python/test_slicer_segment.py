@@ -201,7 +201,9 @@ def test_segment_writes_segmentation_table_and_study(phantom_scene, model_file):
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()) == geometry
     segment = seg.GetSegmentation().GetSegment(out.segmentId)
     assert segment.GetName() == "Lung tumour"
-    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName()) == scene_output.TERMINOLOGY_ENTRY
+    tag = vtk.reference("")
+    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+    assert str(tag) == scene_output.TERMINOLOGY_ENTRY
     np.testing.assert_allclose(segment.GetColor(), scene_output.SEGMENT_COLOR)
     mask = mrml_sitk.segment_to_array(seg, out.segmentId, ct)
     np.testing.assert_array_equal(mask, sitk.GetArrayFromImage(out.result.label))

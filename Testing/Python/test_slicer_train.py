@@ -175,12 +175,16 @@ def test_train_command_is_an_argument_list():
     assert resume[resume.index("--accelerator") + 1] == "cpu"
 
 
-def _follow(run, timeout=240.0):
+def _follow(run, timeout=300.0, stop_after_start=False):
+    """Poll like the widget's timer until the trainer exits; optionally press Stop once it runs."""
     events = []
     deadline = time.monotonic() + timeout
     try:
         while run.isRunning():
-            events += run.poll()
+            new = run.poll()
+            events += new
+            if stop_after_start and any(e["event"] == "start" for e in new):
+                run.stop()  # STOP file: honoured at the end of the first step
             assert time.monotonic() < deadline, f"training did not finish in time: {run.failureMessage()}"
             time.sleep(0.2)
     finally:
@@ -194,25 +198,28 @@ def test_tiny_training_run_stop_resume_and_register(scene_cases, tmp_path, monke
     logic = VMambaXTrainLogic()
     data = logic.exportCases(cases, tmp_path / "cases")
     run_dir = tmp_path / "run"
-    # 2 steps on 128-px crops, one validation batch: seconds on a CPU.
-    tiny = ["--batch-size", "2", "--num-workers", "0", "--max-steps", "2", "--val-fraction", "0.5",
-            "--crop-size", "128", "--limit-val-batches", "1", "--precision", "32",
-            "--stop-after-steps", "1"]
+    # One epoch of 2 steps on 128-px crops, one validation batch: the smallest real run.
+    tiny = ["--batch-size", "2", "--num-workers", "0", "--limit-train-batches", "2", "--val-fraction", "0.5",
+            "--crop-size", "128", "--limit-val-batches", "1", "--precision", "32"]
     run = logic.startTraining(data, run_dir, config="vmambax-nano", epochs=1, device="cpu",
                               extraArgs=tiny)
-    events = _follow(run)
-    kinds = [e["event"] for e in events]
+    events = _follow(run, stop_after_start=True)
     assert run.finalEvent and run.finalEvent["event"] == "stopped", run.failureMessage()
-    assert kinds[0] == "start" and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert events[0]["event"] == "start" and events[0]["total_steps"] == 2
+    assert run.finalEvent["step"] == 1 and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
     resumed = logic.startTraining(None, run_dir, device="cpu", resume=True,
                                   extraArgs=["--num-workers", "0", "--precision", "32"])
+    assert not (run_dir / "STOP").exists()  # the old stop request was cleared
     events = _follow(resumed)
     assert resumed.finalEvent and resumed.finalEvent["event"] == "done", resumed.failureMessage()
-    assert events[0]["event"] == "start" and events[0].get("resumed") is True
+    assert events[0]["event"] == "start" and events[0]["resumed"] is True  # only the new events
     assert resumed.finalEvent["step"] == 2
+    epoch = [e for e in events if e["event"] == "epoch"]
+    assert epoch and 0.0 <= epoch[-1]["val_dice"] <= 1.0
     chart = TrainingChart(slicer.vtkMRMLScene())
-    chart.addEvents(run.events + resumed.events)
+    assert chart.addEvents(run.events + resumed.events) >= 1
+    assert chart.values("dice")[-1] == (2.0, pytest.approx(epoch[-1]["val_dice"]))
 
     entry = logic.registerModel(resumed, "slicer-test-model")
     assert Path(entry.file) == resumed.modelFile.resolve()

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from vmambax.errors import ConfigError, InputError
+from vmambax.errors import ConfigError
+from vmambax.metrics import set_metrics
 from vmambax.train.augment import affine_warp, augment, random_crop, sample_generator
 from vmambax.train.callbacks import AtomicCheckpointIO, ProgressWriter
 from vmambax.train.config import TrainConfig
@@ -167,17 +168,6 @@ def test_sharded_sampler_partitions_and_resumes():
 
 
 # ---------------------------------------------------------------------------- metrics
-def _reference_metrics(preds, gts):
-    tp = sum(int((p & g).sum()) for p, g in zip(preds, gts))
-    fp = sum(int((p & ~g).sum()) for p, g in zip(preds, gts))
-    fn = sum(int((~p & g).sum()) for p, g in zip(preds, gts))
-    dice = []
-    for p, g in zip(preds, gts):
-        den = 2 * (p & g).sum() + (p & ~g).sum() + (~p & g).sum()
-        dice.append(1.0 if den == 0 else 2 * (p & g).sum() / den)
-    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), float(np.mean(dice))
-
-
 def test_validation_metrics_reduce_sums_not_ratios():
     rng = np.random.default_rng(0)
     gts = [rng.random((16, 16)) > t for t in (0.5, 0.9, 0.99, 1.0, 0.7)]
@@ -189,11 +179,14 @@ def test_validation_metrics_reduce_sums_not_ratios():
         (rank0 if i < 2 else rank1).update(logits[i], targets[i])
     total = rank0.sums + rank1.sums
     m = rank0.compute(lambda t: total)  # what an all-reduce(sum) returns on every rank
-    micro, iou, macro = _reference_metrics(preds, gts)
-    assert m["val_dice"] == pytest.approx(micro)
-    assert m["val_iou"] == pytest.approx(iou)
-    assert m["val_dice_macro"] == pytest.approx(macro)
+    ref = set_metrics(preds, gts)  # vmambax.metrics: the evaluation's definitions
+    assert m["val_dice"] == pytest.approx(ref["dice_micro"])
+    assert m["val_iou"] == pytest.approx(ref["iou_micro"])
+    assert m["val_dice_macro"] == pytest.approx(ref["dice_macro"])
+    assert m["val_iou_macro"] == pytest.approx(ref["iou_macro"])
+    assert m["val_balanced_acc"] == pytest.approx(ref["balanced_accuracy"])
     assert m["val_images"] == 5
+    micro = ref["dice_micro"]
     averaged = (rank0.compute()["val_dice"] + rank1.compute()["val_dice"]) / 2
     assert averaged != pytest.approx(micro)  # the reference's per-rank average is different
 

@@ -119,11 +119,14 @@ def _cell(value) -> float:
 
 
 def lesion_rows(lesions: list[dict], totals: dict) -> list[list]:
-    """Table rows: one per lesion then "Total" (Total SUVmax = the highest lesion SUVmax)."""
+    """Table rows: one per lesion, then "Total" (MTV, TLG and voxels summed; SUVmax and SUVpeak
+    the highest; SUVmean over all lesion voxels, as ``vmambax.metrics`` computes them)."""
     rows = []
     for index, lesion in enumerate(lesions, start=1):
         rows.append([str(lesion.get("id", index))]
                     + [_cell(lesion.get(key)) for _title, _unit, _desc, key in TABLE_COLUMNS[1:]])
+    totals = dict(totals or {})
+    totals.setdefault("voxels", sum(int(lesion.get("voxels", 0)) for lesion in lesions))
     rows.append(["Total"] + [_cell(totals.get(key)) for _t, _u, _d, key in TABLE_COLUMNS[1:]])
     return rows
 
@@ -146,7 +149,6 @@ def write_lesion_table(table_node, lesions: list[dict], totals: dict) -> None:
         if unit:
             table_node.SetColumnUnitLabel(title, unit)
         table_node.SetColumnDescription(title, description)
-    table_node.SetUseColumnNameAsColumnHeader(True)
     table_node.Modified()
 
 

@@ -82,7 +82,14 @@ def _load_volumes(entries, args):
         gt = read_label(gt_path, what="The ground truth")
         pred = read_label(pred_path, what="The prediction")
         if args.resample:
-            pred = resample_to(pred, gt, "nearest", names=("prediction", "ground truth"))
+            import sys
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pred = resample_to(pred, gt, "nearest", names=("prediction", "ground truth"))
+            for w in caught:
+                print(f"note: {w.message}", file=sys.stderr)
         else:
             try:
                 check_same_grid(pred, gt, f"The prediction {Path(pred_path).name}", "the ground truth")

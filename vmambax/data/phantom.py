@@ -145,7 +145,8 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     suv = _render_pet(pet_grid, layers(0.8), p, r_pet_noise)
 
     # --- acquisition: weight, dose, timing -> SUV factor ---
-    dose_bq = round(float(np.clip(p.weight_kg * r_acq.uniform(2.8, 4.0), 180.0, 400.0)), 2) * 1e6
+    dose_mbq = float(np.clip(p.weight_kg * r_acq.uniform(2.8, 4.0), 180.0, 400.0))
+    dose_bq = float(round(dose_mbq * 100) * 1e4)  # 0.01 MBq steps: the DICOM tag holds it exactly
     day = _dt.datetime(2024, 1, 8) + _dt.timedelta(days=int(r_acq.integers(0, 700)))
     injection = day + _dt.timedelta(seconds=int(r_acq.integers(7 * 3600, 14 * 3600)))
     acquisition = injection + _dt.timedelta(seconds=int(r_acq.uniform(55 * 60, 75 * 60)))
@@ -165,6 +166,11 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     conf = [dict(c.info(), centre_mm=_to_patient(c.centre, z_offset)) for c in confounders]
     conf.append(dict(type="myocardium", centre_mm=_to_patient(p.heart_c, z_offset),
                      suv=round(p.suv["myocardium"], 2)))
+    pet_z0 = pet_grid.origin[2]
+    for k in anat.kidney_centres(p):  # upper poles often lie in the PET's longer field of view
+        if k[2] + 55.0 > pet_z0:
+            conf.append(dict(type="kidney (urine in the renal pelvis)", centre_mm=_to_patient(k, z_offset),
+                             suv=round(p.suv["urine"], 2)))
     return Phantom(seed=seed, ct=ct_img, pet_bqml=bq_img, pet_suv=suv_img, label=label_img,
                    weight_kg=p.weight_kg, height_m=p.height_m, sex=p.sex, dose_bq=dose_bq,
                    injection_time=injection, acquisition_time=acquisition, suv_factor=float(suv_factor),
@@ -272,11 +278,6 @@ def write_case(phantom: Phantom, out_dir: str | Path, case_id: str | None = None
     dicom/ct, dicom/pet in Bq/mL with SUV tags, case.json) atomically: everything is written to a
     temporary folder that is renamed into place only when complete. An existing non-empty case
     folder is an error unless ``overwrite``."""
-    import SimpleITK as sitk
-
-    from vmambax.data.dicom_write import PetDose, write_ct_series, write_pet_series
-    from vmambax.utils import atomic_dir
-
     case_id = check_case_id(case_id if case_id is not None else default_case_id(phantom.seed))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -286,8 +287,35 @@ def write_case(phantom: Phantom, out_dir: str | Path, case_id: str | None = None
         raise InputError(f"case folder {target} already exists and is not empty: choose another --out, "
                          "delete it, or pass --overwrite.")
     staging = out_dir / f".{case_id}.new"
-    if staging.exists():
-        shutil.rmtree(staging)
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        _write_staging(phantom, staging, case_id, dicom)
+        # swap the finished folder into place (an old one, if overwriting, goes only after that)
+        old = None
+        if target.exists():
+            old = out_dir / f".{case_id}.old"
+            if old.exists():
+                shutil.rmtree(old)
+            target.rename(old)
+        staging.rename(target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(f"cannot write case folder {target}: {exc.strerror or exc}. Check that --out is "
+                         "writable and has free space.") from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _write_staging(phantom: Phantom, staging: Path, case_id: str, dicom: bool) -> None:
+    import os
+
+    import SimpleITK as sitk
+
+    from vmambax.data.dicom_write import PetDose, write_ct_series, write_pet_series
+    from vmambax.utils import atomic_dir
+
     with atomic_dir(staging) as tmp:
         sitk.WriteImage(phantom.ct, str(tmp / "ct.nii.gz"), True)
         sitk.WriteImage(phantom.pet_suv, str(tmp / "pet.nii.gz"), True)
@@ -303,17 +331,9 @@ def write_case(phantom: Phantom, out_dir: str | Path, case_id: str | None = None
                                  study_instance_uid=study.study_uid,
                                  frame_of_reference_uid=study.frame_of_reference_uid)
         (tmp / "case.json").write_text(json.dumps(info, indent=2) + "\n")
-    # swap the finished folder into place (the old one, if overwriting, goes only after that)
-    old = None
-    if target.exists():
-        old = out_dir / f".{case_id}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a case folder is a normal folder
 
 
 def default_case_id(seed: int) -> str:

@@ -239,6 +239,7 @@ def envelope(p: Patient, m: Mediastinum) -> Union:
         _, bf, _ = cavity_axes(p, z)
         y0, y1 = -bf, p.y_vb
         w = 9.0 + 17.0 * smoothstep(hz + 25.0, p.z_arch, z)
+        w = w * (0.35 + 0.65 * smoothstep(y0, 0.5 * (y0 + y1), y))  # thin anterior junction behind the sternum
         return ellipse2d(x, y, 4.0, 0.5 * (y0 + y1), w, 0.5 * (y1 - y0) + 5.0, 0.5 * (y1 - y0) + 5.0)
     parts.append((strip, (-60, 60, -p.cav_b_ant - 30, p.y_vb + 30, -FAR, FAR)))
     return Union(parts, k=k)
@@ -410,14 +411,18 @@ def anatomy_layers(p: Patient, rng: np.random.Generator) -> tuple[list[Layer], l
     A(Layer("stomach gas", gas, box(st_c, st_ax), -990.0, 0.0, BOWEL_AIR, frozenset({STOMACH})))
     sp_c, sp_ax = (88.0, 52.0, p.dome_l - 58.0), (30.0, 45.0, 50.0)
     A(Layer("spleen", ellipsoid(sp_c, sp_ax), box(sp_c, sp_ax), 48.0, s["spleen"], SPLEEN, in_abd))
-    for lat in (-1.0, 1.0):
-        kc, kax = (lat * 70.0, p.cav_b_post - 8.0, -135.0), (26.0, 30.0, 55.0)
+    for kc in kidney_centres(p):
+        kax, lat = (26.0, 30.0, 55.0), np.sign(kc[0])
         A(Layer("kidney", ellipsoid(kc, kax), box(kc, kax), 32.0, s["kidney"], KIDNEY, in_abd))
         pc, pax = (lat * 58.0, kc[1] - 5.0, kc[2] + 5.0), (9.0, 9.0, 25.0)
         A(Layer("renal pelvis", ellipsoid(pc, pax), box(pc, pax), 10.0, s["urine"], KIDNEY))
     after.extend(skeleton_layers(p, cav))
     helpers = dict(cavity=cav, lung=lung, envelope=env, mediastinum=m, lung_texture=lung_tex)
     return layers, after, helpers
+
+
+def kidney_centres(p: Patient) -> list[tuple[float, float, float]]:
+    return [(lat * 70.0, p.cav_b_post - 8.0, -135.0) for lat in (-1.0, 1.0)]
 
 
 def skeleton_layers(p: Patient, cav) -> list[Layer]:

@@ -177,14 +177,28 @@ class Layer:
     within: frozenset[int] | None = None
 
 
-def paint(grid: Grid, layers: Sequence[Layer], modality: str, background: float) -> tuple[Array, Array]:
+def paint(grid: Grid, layers: Sequence[Layer], modality: str, background: float,
+          chunk_voxels: int = 2_000_000) -> tuple[Array, Array]:
     """Rasterise ``layers`` on ``grid`` with anti-aliased (partial-volume) edges.
 
     Returns (values float32, owner uint8): ``owner`` is the id of the layer covering >= 50 % of each
     voxel last, which is what defines the tumour label, so the label is exactly what was painted.
+    Works slab by slab in z (every layer is a pure function of position), which keeps the
+    temporaries small and the whole thing several times faster on 512 x 512 CTs.
     """
     vol = np.full(grid.shape, background, dtype=np.float32)
     owner = np.zeros(grid.shape, dtype=np.uint8)
+    nz = grid.size[2]
+    step = max(1, chunk_voxels // max(grid.size[0] * grid.size[1], 1))
+    for z0 in range(0, nz, step):
+        z1 = min(z0 + step, nz)
+        slab = Grid((grid.origin[0], grid.origin[1], grid.origin[2] + z0 * grid.spacing[2]), grid.spacing,
+                    (grid.size[0], grid.size[1], z1 - z0))
+        _paint_into(slab, layers, modality, vol[z0:z1], owner[z0:z1])
+    return vol, owner
+
+
+def _paint_into(grid: Grid, layers: Sequence[Layer], modality: str, vol: Array, owner: Array) -> None:
     edge = float(min(grid.spacing[0], grid.spacing[1]))
     for layer in layers:
         value = getattr(layer, modality)
@@ -204,7 +218,6 @@ def paint(grid: Grid, layers: Sequence[Layer], modality: str, background: float)
             region = vol[sl]
             region += frac * (np.asarray(v, dtype=np.float32) - region)
         owner[sl][frac >= 0.5] = layer.owner
-    return vol, owner
 
 
 def _axis_range(a: Array, lo: float, hi: float) -> slice:

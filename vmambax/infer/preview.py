@@ -28,62 +28,82 @@ def _pet_vmax(pet: np.ndarray) -> float:
     return float(np.clip(np.percentile(body, 99.9) if body.size else 5.0, 5.0, 15.0))
 
 
+def _body_box(ct: np.ndarray, margin: int = 8) -> tuple[slice, slice]:
+    """In-plane (y, x) bounding box of the body (CT above -300 HU on any slice), plus a margin,
+    so that the panels show the patient rather than the air around them."""
+    body = (ct > -300).any(axis=0)
+    if not body.any():
+        return slice(None), slice(None)
+    ys, xs = np.nonzero(body)
+    return (slice(max(ys.min() - margin, 0), ys.max() + margin + 1),
+            slice(max(xs.min() - margin, 0), xs.max() + margin + 1))
+
+
 def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
-                   title: str | None = None, dpi: int = 100) -> bytes:
+                   title: str | None = None, dpi: int = 110) -> bytes:
     """Return PNG bytes. ``ct``/``pet_suv``/``label`` are SimpleITK images on one grid;
-    ``lesions`` are the report's lesion dicts (``centroid_mm``, ``suv_max``, ``mtv_ml``)."""
+    ``lesions`` are the report's lesion dicts (``id``, ``centroid_mm``, ``suv_max``, ``mtv_ml``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     ref, (ct_a, pet_a, lab_a) = _lps_arrays(ct, pet_suv, label)
     sx, sy, sz = ref.GetSpacing()
+    by, bx = _body_box(ct_a)
+    ct_a, pet_a, lab_a = ct_a[:, by, bx], pet_a[:, by, bx], lab_a[:, by, bx]
     vmax = _pet_vmax(pet_a)
     chosen = sorted(lesions or [], key=lambda l: -float(l.get("mtv_ml", 0.0)))[:MAX_AXIAL]
-    n_ax = max(1, len(chosen))
 
-    fig = Figure(figsize=(4.0 + 3.2 * n_ax, 5.2), dpi=dpi, facecolor="white")
+    picks = []
+    for les in chosen:
+        idx = ref.TransformPhysicalPointToIndex([float(c) for c in les["centroid_mm"]])
+        z = int(np.clip(idx[2], 0, ct_a.shape[0] - 1))
+        picks.append((z, str(les.get("id", "?")),
+                      f"lesion {les.get('id', '?')}: SUVmax {float(les.get('suv_max', 0)):.1f}, "
+                      f"MTV {float(les.get('mtv_ml', 0)):.1f} mL"))
+    if not picks:
+        z = int(np.unravel_index(np.argmax(pet_a), pet_a.shape)[0])
+        picks = [(z, "", "no lesion segmented (slice at PET max)")]
+
+    # Panel sizes follow the physical extents, so nothing is squashed.
+    mip_w, mip_h = ct_a.shape[2] * sx, ct_a.shape[0] * sz
+    ax_w, ax_h = ct_a.shape[2] * sx, ct_a.shape[1] * sy
+    height = 4.2
+    widths = [height * mip_w / mip_h] + [height * ax_w / ax_h] * len(picks)
+    fig = Figure(figsize=(sum(widths) + 0.6, height + 1.0), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(1, 1 + n_ax, width_ratios=[1.25] + [1.0] * n_ax, wspace=0.08)
+    grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.05)
 
     # Coronal maximum-intensity projection (along y = anterior->posterior), inverted grey as in
     # nuclear-medicine reading; origin="lower" puts the head (superior, larger z) at the top.
     ax = fig.add_subplot(grid[0, 0])
-    mip = pet_a.max(axis=1)
-    ax.imshow(mip, cmap="gray_r", vmin=0, vmax=vmax, origin="lower", aspect=sz / sx,
-              interpolation="bilinear")
+    ax.imshow(pet_a.max(axis=1), cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
+              aspect=sz / sx, interpolation="bilinear")
     mask_mip = lab_a.max(axis=1)
     if mask_mip.any():
         ax.contour(mask_mip, levels=[0.5], colors="red", linewidths=1.0)
-    ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}) + segmentation", fontsize=9)
+    for z, tag, _ in picks:
+        if tag:
+            ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
+            ax.text(ct_a.shape[2] - 1, z, f" {tag}", color="tab:blue", fontsize=7, va="center")
+    ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}), segmentation in red", fontsize=8)
     ax.set_axis_off()
 
-    if chosen:
-        picks = []
-        for les in chosen:
-            idx = ref.TransformPhysicalPointToIndex([float(c) for c in les["centroid_mm"]])
-            z = int(np.clip(idx[2], 0, ct_a.shape[0] - 1))
-            picks.append((z, f"lesion {les.get('id', '?')}: SUVmax {float(les.get('suv_max', 0)):.1f}, "
-                             f"MTV {float(les.get('mtv_ml', 0)):.1f} mL"))
-            ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
-    else:
-        z = int(np.unravel_index(np.argmax(pet_a), pet_a.shape)[0])
-        picks = [(z, "no lesion segmented (slice at PET max)")]
-
-    for k, (z, caption) in enumerate(picks):
+    for k, (z, _tag, caption) in enumerate(picks):
         axk = fig.add_subplot(grid[0, 1 + k])
         axk.imshow(ct_a[z], cmap="gray", vmin=CT_DISPLAY_WINDOW[0], vmax=CT_DISPLAY_WINDOW[1],
                    aspect=sy / sx, interpolation="bilinear")
-        overlay = np.ma.masked_less(pet_a[z], PET_MIN_DISPLAY_SUV)
-        axk.imshow(overlay, cmap="hot", vmin=0, vmax=vmax, alpha=0.55, aspect=sy / sx,
+        # Fused PET: only clearly avid voxels are coloured, so the CT stays readable.
+        overlay = np.ma.masked_less(pet_a[z], max(PET_MIN_DISPLAY_SUV, 0.3 * vmax))
+        axk.imshow(overlay, cmap="hot", vmin=0, vmax=vmax, alpha=0.6, aspect=sy / sx,
                    interpolation="bilinear")
         if lab_a[z].any():
-            axk.contour(lab_a[z], levels=[0.5], colors="lime", linewidths=1.0)
-        axk.set_title(f"axial slice {z}\n{caption}", fontsize=8)
+            axk.contour(lab_a[z], levels=[0.5], colors="cyan", linewidths=1.0)
+        axk.set_title(f"axial slice {z}: {caption}", fontsize=8)
         axk.set_axis_off()
 
     fig.suptitle(title or "VMambaX segmentation", fontsize=10)
-    fig.text(0.5, 0.01, "Research software - not for clinical use. R on image left (radiological).",
+    fig.text(0.5, 0.01, "Research software - not for clinical use. Patient right on image left.",
              ha="center", fontsize=7, color="gray")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
     return buf.getvalue()
