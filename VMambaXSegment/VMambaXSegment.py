@@ -386,18 +386,11 @@ class VMambaXSegmentTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_MissingPetChangesNothing()
 
-    def _phantomScene(self, size=128):
-        from VMambaXSegmentLib.mrml_sitk import add_volume_node_from_image
-        from vmambax.data.phantom import make_phantom
-
-        phantom = make_phantom(seed=3, size=size)
-        ct = add_volume_node_from_image(slicer.mrmlScene, phantom.ct, "Phantom CT")
-        pet = add_volume_node_from_image(slicer.mrmlScene, phantom.pet_suv, "Phantom PET")
-        return ct, pet
-
     def test_SegmentPhantom(self):
         self.delayDisplay("Segmenting a synthetic PET/CT phantom with the default model")
-        ct, pet = self._phantomScene()
+        from VMambaXSegmentLib.testing import add_phantom_case
+
+        ct, pet, _phantom, _ = add_phantom_case(slicer.mrmlScene, seed=3, size=128, prefix="Phantom ")
         logic = VMambaXSegmentLogic()
         progress = []
         out = logic.segment(ct, pet, model="default", device="cpu", petUnits="suv",
@@ -406,7 +399,10 @@ class VMambaXSegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual(seg.GetName(), "Phantom CT vMambaX")
         segment = seg.GetSegmentation().GetSegment(out.segmentId)
         self.assertEqual(segment.GetName(), "Lung tumour")
-        self.assertIn("108369006", segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName()) or "")
+        tag = vtk.reference("")
+        segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+        self.assertIn("SCT^108369006^Neoplasm", str(tag))
+        self.assertIs(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()), ct)
         self.assertEqual(out.tableNode.GetNumberOfRows(), len(out.result.lesions) + 1)
         self.assertTrue(progress and progress[-1] == 1.0)
         self.delayDisplay("Test passed")
@@ -414,7 +410,9 @@ class VMambaXSegmentTest(ScriptedLoadableModuleTest):
     def test_MissingPetChangesNothing(self):
         from vmambax.errors import InputError
 
-        ct, _pet = self._phantomScene(size=64)
+        from VMambaXSegmentLib.testing import add_phantom_case
+
+        ct, _pet, _phantom, _ = add_phantom_case(slicer.mrmlScene, seed=3, size=64, n_slices=8)
         before = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(InputError):
             VMambaXSegmentLogic().segment(ct, None)

@@ -12,7 +12,6 @@ import traceback
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
 import qt
 import slicer
-import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest,
@@ -361,34 +360,29 @@ class VMambaXTrainTest(ScriptedLoadableModuleTest):
     def test_TrainNanoOnPhantoms(self):
         import time
 
-        import numpy as np
-        import SimpleITK as sitk
-
-        from VMambaXSegmentLib.mrml_sitk import (add_volume_node_from_image, ijk_to_ras,
-                                                 oriented_image_from_array)
-        from vmambax.data.phantom import make_phantom
+        from VMambaXSegmentLib.testing import add_phantom_case
 
         self.delayDisplay("Exporting two phantom cases and training the nano network briefly")
         cases = []
         for seed in (1, 2):
-            ph = make_phantom(seed=seed, size=128)
-            ct = add_volume_node_from_image(slicer.mrmlScene, ph.ct, f"CT {seed}")
-            pet = add_volume_node_from_image(slicer.mrmlScene, ph.pet_suv, f"PET {seed}")
-            seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"Seg {seed}")
-            seg.AddSegmentFromBinaryLabelmapRepresentation(
-                oriented_image_from_array(sitk.GetArrayFromImage(ph.label).astype(np.uint8),
-                                          ijk_to_ras(ct)), "tumour", [1, 0, 0])
+            ct, pet, _phantom, seg = add_phantom_case(slicer.mrmlScene, seed=seed, size=128,
+                                                      n_slices=8, segmentation=True,
+                                                      prefix=f"Case {seed} ")
             cases.append(TrainingCase(ct, pet, seg))
         work = tempfile.mkdtemp(prefix="vmambax-selftest-")
         logic = VMambaXTrainLogic()
         data = logic.exportCases(cases, os.path.join(work, "cases"))
-        run = logic.startTraining(data, os.path.join(work, "run"), config="vmambax-nano",
-                                  epochs=1, extraArgs=["--max-steps", "2", "--batch-size", "1"])
-        deadline = time.time() + 600
+        run = logic.startTraining(data, os.path.join(work, "run"), config="vmambax-nano", epochs=1,
+                                  extraArgs=["--batch-size", "2", "--limit-train-batches", "2",
+                                             "--limit-val-batches", "1", "--crop-size", "128",
+                                             "--val-fraction", "0.5", "--num-workers", "0"])
+        deadline = time.time() + 900
         while run.isRunning() and time.time() < deadline:
             run.poll()
             slicer.app.processEvents()
             time.sleep(0.5)
+        if run.isRunning():
+            run.kill()
         run.poll()
         self.assertEqual((run.finalEvent or {}).get("event"), "done", run.failureMessage())
         self.assertTrue(run.modelFile.is_file())

@@ -21,7 +21,7 @@ def case(tmp_path_factory):
     from vmambax.data.phantom import make_phantom, write_case
 
     root = tmp_path_factory.mktemp("cases")
-    phantom = make_phantom(3, size=SIZE, n_slices=10)
+    phantom = make_phantom(3, size=SIZE, n_slices=6)
     return Path(write_case(phantom, root, "p3"))
 
 

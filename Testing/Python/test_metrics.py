@@ -237,6 +237,32 @@ def test_evaluate_refuses_mismatched_grids_unless_resampling(volumes, capsys):
     assert main(["evaluate", "--pred", str(d / "small.nii.gz"), "--gt", str(d / "gt.nii.gz"), "--resample"]) == 0
 
 
+def test_evaluate_folders_of_volume_cases(volumes, tmp_path, capsys):
+    import shutil
+
+    d, gt, pred = volumes
+    gt_root, pred_root = tmp_path / "gt", tmp_path / "pred"
+    for case in ("a", "b"):
+        (gt_root / case).mkdir(parents=True)
+        shutil.copy(d / "gt.nii.gz", gt_root / case / "label.nii.gz")
+        shutil.copy(d / "pet.nii.gz", gt_root / case / "pet.nii.gz")
+    pred_root.mkdir()
+    shutil.copy(d / "pred.nii.gz", pred_root / "a.nii.gz")  # <case>.nii.gz
+    (pred_root / "b").mkdir()
+    shutil.copy(d / "gt.nii.gz", pred_root / "b" / "label.nii.gz")  # <case>/label.nii.gz, perfect
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred_root), "--gt", str(gt_root), "--pet", "case", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert [c["case"] for c in res["cases"]] == ["a", "b"]
+    assert res["cases"][1]["dice"] == 1.0 and res["cases"][0]["dice"] == pytest.approx(dice_3d(pred, gt))
+    assert res["case_means"]["dice"] == pytest.approx((1.0 + dice_3d(pred, gt)) / 2)
+    assert res["cases"][0]["quantification"]["pred"]["total"]["n_lesions"] >= 1
+    assert res["slices"]["n_images"] == 2 * sum(gt[k].any() for k in range(gt.shape[0]))
+    (pred_root / "a.nii.gz").unlink()
+    assert main(["evaluate", "--pred", str(pred_root), "--gt", str(gt_root)]) == 2
+    assert "no prediction" in capsys.readouterr().err
+
+
 def write_png(path, arr):
     from PIL import Image
 

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         "baseline", help="segment with a classic PET threshold (SUV >= 2.5 or 41 %% of SUVmax)",
         description="Clinical threshold baselines: 'suv2.5' keeps every voxel with SUV >= --threshold; "
                     "'pct41' keeps, around each hot spot (26-connected SUV >= --threshold), the region "
-                    "connected to its maximum with SUV >= --percent %% of that maximum, within 20 mm of the "
+                    "connected to its maximum with SUV >= --percent % of that maximum, within 20 mm of the "
                     "hot spot. Both also segment physiological uptake (heart, kidneys, brown fat, "
                     "inflamed nodes); that is the point of a baseline.")
     p.add_argument("--pet", required=True, help="PET: NIfTI/NRRD/MHA (SUV unless --pet-units) or DICOM folder")

@@ -10,14 +10,14 @@ def register(subparsers) -> None:
         "phantom", help="write synthetic PET/CT cases with lung tumours (deterministic by seed)",
         description="Write N synthetic thorax PET/CT cases into DIR/<case_id>/ (ct.nii.gz in HU, pet.nii.gz "
                     "in SUV on the PET's own grid, label.nii.gz on the CT grid, dicom/ct and dicom/pet with "
-                    "SUV tags, case.json). Case i uses seed SEED+i and is named phantom-<seed>.")
+                    "SUV tags, case.json). Case i uses seed SEED+i and is named phantom-NNNN after its seed; "
+                    "the same seed always gives the same case.")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--cases", type=int, default=1, metavar="N", help="number of cases (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first case (default 0)")
     p.add_argument("--size", type=int, default=512,
                    help="CT in-plane matrix (default 512; 128/256 for quick tests, same anatomy in mm)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--slices", type=int, default=None, metavar="N",
+    p.add_argument("--slices", type=int, default=None, metavar="N",
                    help="CT slice count (default: 2.5-3.3 mm slices over the extent)")
     p.add_argument("--extent-mm", type=float, default=None, metavar="MM",
                    help="CT axial extent in mm (default random 200-250)")

@@ -57,8 +57,9 @@ def progress_bar(quiet: bool):
     return update, bar.close
 
 
-def print_summary(result, outputs: dict, file=sys.stdout) -> None:
+def print_summary(result, outputs: dict, file=None) -> None:
     """Lesion table and where outputs went."""
+    file = file or sys.stdout
     print(f"model {result.model_name} on {result.device} (scan: {result.scan_backend}, batch "
           f"{result.batch_size}{', ' + result.amp if result.amp else ''}): {result.n_slices} slices in "
           f"{result.timings['inference']:.1f} s ({result.slices_per_second:.1f} slices/s)", file=file)

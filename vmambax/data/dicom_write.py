@@ -116,6 +116,14 @@ def _base_dataset(study: StudyInfo, sop_class: str, sop_uid: str, modality: str,
     return ds
 
 
+def _save(ds, path: Path) -> None:
+    try:
+        ds.save_as(path, enforce_file_format=True)  # pydicom >= 3
+    except TypeError:  # pydicom 2.x
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+
+
 def _check_axial(image) -> None:
     d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
     if not np.allclose(d, np.eye(3), atol=1e-6):
@@ -158,7 +166,7 @@ def write_ct_series(ct_hu, folder: str | Path, study: StudyInfo, acquisition: _d
         ds.WindowCenter, ds.WindowWidth = "-600", "1500"
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         path = folder / f"CT{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        _save(ds, path)
         paths.append(path)
     return paths
 
@@ -219,6 +227,6 @@ def write_pet_series(pet_bqml, folder: str | Path, study: StudyInfo, dose: PetDo
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", _ds(slope), "BQML"
         ds.PixelData = np.ascontiguousarray(stored).tobytes()
         path = folder / f"PT{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        _save(ds, path)
         paths.append(path)
     return paths

@@ -248,8 +248,8 @@ def _lesion_info(tumours, owner, ct_grid, suv, pet_grid, z_offset) -> list[dict]
             if inside.any():
                 best = float(suv[sl][inside].max())
         if best == 0.0:
-            idx = [int(np.clip(round((t.centre[i] - pet_grid.origin[i]) / pet_grid.spacing[i]), 0, pet_grid.size[i] - 1))
-                   for i in range(3)]
+            idx = [int(np.clip(round((t.centre[i] - pet_grid.origin[i]) / pet_grid.spacing[i]), 0,
+                               pet_grid.size[i] - 1)) for i in range(3)]
             best = float(suv[idx[2], idx[1], idx[0]])
         d["suvmax_pet"] = round(best, 3)
         out.append(d)
@@ -324,7 +324,8 @@ def _write_staging(phantom: Phantom, staging: Path, case_id: str, dicom: bool) -
         info["case_id"] = case_id
         if dicom:
             study = _study_info(phantom, case_id)
-            write_ct_series(phantom.ct, tmp / "dicom" / "ct", study, phantom.acquisition_time - _dt.timedelta(minutes=2))
+            ct_time = phantom.acquisition_time - _dt.timedelta(minutes=2)  # the CT precedes the PET
+            write_ct_series(phantom.ct, tmp / "dicom" / "ct", study, ct_time)
             write_pet_series(phantom.pet_bqml, tmp / "dicom" / "pet", study,
                              PetDose(phantom.injection_time, phantom.dose_bq), phantom.acquisition_time)
             info["dicom"] = dict(ct="dicom/ct", pet="dicom/pet", pet_units="BQML",

@@ -149,7 +149,7 @@ def rotated_ellipsoid(c, axes, theta):
     return sdf
 
 
-def box(c, half, k=None):
+def box(c, half):
     return (c[0] - half[0], c[0] + half[0], c[1] - half[1], c[1] + half[1], c[2] - half[2], c[2] + half[2])
 
 
@@ -504,6 +504,7 @@ def skeleton_layers(p: Patient, cav) -> list[Layer]:
         Layer("ribs", ribs, chest, rib_hu, marrow, BONE),
         Layer("sternum", sternum, (-40, 40, -p.cav_b_ant - 30, -p.cav_b_ant + 10, -10, p.z_apex + 10),
               bone, marrow, BONE),
-        Layer("scapula", scapula, chest[:4] + (p.z_apex - 125.0, p.z_apex + 10.0), _bone_hu(300.0, 750.0, 1.5), s["bone"], BONE),
+        Layer("scapula", scapula, chest[:4] + (p.z_apex - 125.0, p.z_apex + 10.0), _bone_hu(300.0, 750.0, 1.5),
+              s["bone"], BONE),
         Layer("clavicle", clavicles, chest[:4] + (p.z_apex - 20.0, p.z_apex + 40.0), bone, marrow, BONE),
     ]

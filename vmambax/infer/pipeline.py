@@ -172,7 +172,7 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
         outputs={"label": str(plan.label), "label_format": "DICOM SEG" if plan.dicom_seg
                  else label_suffix(plan.label), "report": str(plan.report) if plan.report else None,
                  "preview": str(plan.preview) if plan.preview else None},
-        timings={"model_load": round(t_model, 4), "load": round(t_load, 4)})
+        timings={"model_load": round(t_model, 4), "load": round(t_load, 4), "write": 0.0})
     _write_all(plan, result, case, png, report_data, report_json, t, t_all)
     stages(1.0, f"Done: {len(result.lesions)} lesion(s)")
     return result, report_data

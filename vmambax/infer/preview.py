@@ -51,12 +51,14 @@ def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
     by, bx = _body_box(ct_a)
     ct_a, pet_a, lab_a = ct_a[:, by, bx], pet_a[:, by, bx], lab_a[:, by, bx]
     vmax = _pet_vmax(pet_a)
-    chosen = sorted(lesions or [], key=lambda l: -float(l.get("mtv_ml", 0.0)))[:MAX_AXIAL]
-
-    picks = []
-    for les in chosen:
+    picks = []  # the largest lesions, one panel per distinct slice (through each centroid)
+    for les in sorted(lesions or [], key=lambda l: -float(l.get("mtv_ml", 0.0))):
         idx = ref.TransformPhysicalPointToIndex([float(c) for c in les["centroid_mm"]])
         z = int(np.clip(idx[2], 0, ct_a.shape[0] - 1))
+        if len(picks) == MAX_AXIAL:
+            break
+        if any(z == p[0] for p in picks):
+            continue
         picks.append((z, str(les.get("id", "?")),
                       f"lesion {les.get('id', '?')}: SUVmax {float(les.get('suv_max', 0)):.1f}, "
                       f"MTV {float(les.get('mtv_ml', 0)):.1f} mL"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
 import platform
 
 import numpy as np
@@ -40,6 +41,10 @@ def build_report(result, *, inputs: dict, pet: dict | None = None, outputs: dict
     if "total" not in extra:
         outside = sum(all_timings.get(k, 0.0) for k in ("load", "resample", "write"))
         all_timings["total"] = round(result.timings["total"] + outside, 4)
+    order = ("model_load", "load", "resample", "preprocess", "inference", "postprocess",
+             "quantify", "write", "total")
+    all_timings = {k: all_timings[k] for k in sorted(
+        all_timings, key=lambda k: order.index(k) if k in order else len(order) - 1)}
     inference = result.timings.get("inference", 0.0)
     return {
         "format": REPORT_FORMAT,
@@ -60,7 +65,7 @@ def build_report(result, *, inputs: dict, pet: dict | None = None, outputs: dict
         "slices_per_second": round(result.n_slices / inference, 3) if inference > 0 else None,
         "timings_s": all_timings,
         "outputs": outputs or {},
-        "totals": result.totals,
+        "totals": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.totals.items()},
         "lesions": result.lesions,
     }
 
@@ -89,4 +94,10 @@ def _jsonable(obj):
 
 def report_json(report: dict) -> str:
     """Strict JSON text (numpy scalars converted, NaN/inf written as null)."""
-    return json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
+    # Keep short numeric lists (sizes, spacings, directions, centroids) on one line.
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                            text) + "\n"
+
+
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[\d.eE+-]+,?\s*)+)\]")

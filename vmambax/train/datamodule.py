@@ -39,7 +39,8 @@ def check_data_path(data: str | Path) -> Path:
 
 
 def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: float = 0.1,
-                      seed: int = 42, export: bool = True, wait_s: float = 3600.0) -> tuple[Path, str]:
+                      seed: int = 42, export: bool = True, wait_s: float = 3600.0,
+                      image_size: int | None = None) -> tuple[Path, str]:
     """Return (PCLT root to train on, kind) where kind is "pclt" or "volumes".
 
     Volume case folders are exported to ``run_dir/data`` (atomically, by the exporter) the first
@@ -67,7 +68,10 @@ def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: fl
                 raise InputError(f"timed out waiting for rank 0 to export the cases into {exported}.")
             time.sleep(2.0)
         return exported, "volumes"
-    pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed)
+    from vmambax.data.preprocess import IMAGE_SIZE
+
+    pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed,
+                                    size=image_size or IMAGE_SIZE)
     return exported, "volumes"
 
 
@@ -83,6 +87,15 @@ def load_splits(root: Path, *, val_fraction: float = 0.1, seed: int = 42) -> tup
         raise InputError(f"the validation split of {str(root)!r} is empty; add val.txt or more "
                          "patients to train.txt so a patient-level validation split can be carved.")
     return train, val
+
+
+def slice_size(ds) -> int:
+    """Side of the (square) training slices; the model needs a multiple of 128."""
+    h, w = np.asarray(ds[0]["ct"]).shape
+    if h != w or h % 128:
+        raise InputError(f"the training slices are {h}x{w}; the network needs square slices whose "
+                         "side is a multiple of 128 (PCLT20K uses 512x512). Re-export the data.")
+    return int(h)
 
 
 def split_summary(ds) -> dict[str, int]:

@@ -16,11 +16,12 @@ from vmambax.errors import ModelFileError
 MODEL_PREFIX = "model."
 
 
-def preprocessing_parameters() -> dict[str, Any]:
-    """The preprocessing the weights expect, from the one shared implementation."""
-    from vmambax.data.preprocess import preprocessing_info
+def preprocessing_parameters(image_size: int | None = None) -> dict[str, Any]:
+    """The preprocessing the weights expect (from the one shared implementation), at the slice
+    size they were trained on (inference resizes slices to it)."""
+    from vmambax.data.preprocess import IMAGE_SIZE, preprocessing_info
 
-    return {**preprocessing_info(), "inputs": ["ct", "pet"], "threshold": 0.5}
+    return {**preprocessing_info(int(image_size or IMAGE_SIZE)), "inputs": ["ct", "pet"], "threshold": 0.5}
 
 
 def git_commit() -> str | None:
@@ -49,7 +50,8 @@ def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def export_model_file(out_path: str | Path, model: nn.Module, *, config_name: str,
-                      checkpoint: str | Path | None = None, metadata: dict | None = None) -> Path:
+                      checkpoint: str | Path | None = None, metadata: dict | None = None,
+                      image_size: int | None = None) -> Path:
     """Write ``out_path`` from ``model`` (a VMambaX of the run's config), loading the weights of
     ``checkpoint`` into it first when given. Atomic (save_model_file writes via a temp file)."""
     from vmambax.model.checkpoint import save_model_file
@@ -64,4 +66,4 @@ def export_model_file(out_path: str | Path, model: nn.Module, *, config_name: st
         **(metadata or {}),
     }
     return save_model_file(out_path, model, config_name=config_name,
-                           preprocessing=preprocessing_parameters(), metadata=meta)
+                           preprocessing=preprocessing_parameters(image_size), metadata=meta)

@@ -24,7 +24,7 @@ from vmambax.train.config import TrainConfig
 
 #: Options that define a run: a resumed run must keep them, or its schedule would change.
 RECIPE_FIELDS = ("config", "config_overrides", "epochs", "batch_size", "lr", "weight_decay", "betas",
-                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "seed", "max_steps",
+                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "image_size", "seed", "max_steps",
                  "limit_train_batches", "val_fraction")
 HPARAMS_KEY = "train_config"
 
@@ -201,7 +201,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
 
     from vmambax.train.callbacks import AtomicCheckpointIO, ProgressStream, ProgressWriter, RunCheckpoint, StopRequest
     from vmambax.train.datamodule import (SliceDataModule, check_data_path, load_splits,
-                                          prepare_data_root, split_summary)
+                                          prepare_data_root, slice_size, split_summary)
     from vmambax.train.export import export_model_file
     from vmambax.train.module import SegmentationModule
 
@@ -217,10 +217,14 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                       export=rank == 0)
+                                       export=rank == 0, image_size=cfg.image_size)
         train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        size = slice_size(train_src)
+        if cfg.crop_size is not None and cfg.crop_size > size:
+            raise ConfigError(f"--crop-size {cfg.crop_size} is larger than the {size}x{size} slices of "
+                              f"{root}; use a crop of at most {size}.")
         data_info = {"kind": kind, "source": str(Path(cfg.data).resolve()), "root": str(Path(root).resolve()),
-                     "train": split_summary(train_src), "val": split_summary(val_src)}
+                     "image_size": size, "train": split_summary(train_src), "val": split_summary(val_src)}
 
         if model is None:
             from vmambax.model import build_model
@@ -302,7 +306,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         }
         export_model = _fresh_model(cfg, module.model)
         model_file = export_model_file(cfg.model_file, export_model, config_name=cfg.config,
-                                       checkpoint=best, metadata=metadata)
+                                       checkpoint=best, metadata=metadata, image_size=size)
         writer.emit(status, epochs_completed=epochs_done, step=int(trainer.global_step),
                     model_file=str(model_file), best_checkpoint=best, last_checkpoint=str(cfg.last_checkpoint),
                     reason=stop_cb.reason, best_val_dice=metadata["best_val_dice"])
