@@ -21,7 +21,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
-from VMambaXSegmentLib.pet import PET_UNITS, PET_UNITS_LABELS, pet_tags_from_node
+from VMambaXSegmentLib.pet import PET_UNITS, PET_UNITS_LABELS
 
 BROWSE_ITEM = "Browse…"
 
@@ -278,12 +278,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             self._ensureDependencies()
-            tags = pet_tags_from_node(p.petVolume) if p.petUnits != "suv" else None
             self.ui.statusLabel.text = "Starting…"
+            # The PET's DICOM SUV tags are looked up by the logic (Slicer's DICOM database).
             self._task = self.logic.segmentAsync(
                 p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
-                petUnits=p.petUnits, petTags=tags, weightKg=p.weightKg or None,
-                doseMBq=p.doseMBq or None)
+                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None)
         except Exception as exc:
             self._showError(exc, "VMambaX could not start")
             return
@@ -325,7 +324,8 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _showOutput(self, output):
-        p = self._parameterNode
+        # The user may have switched modules while it ran (exit() drops the parameter node).
+        p = self._parameterNode or self.logic.getParameterNode()
         p.outputSegmentation = output.segmentationNode
         self.ui.statusLabel.text = (f"{output.summary()}\nPET: {output.petConversion}. "
                                     "Review and correct the contour in Segment Editor.")

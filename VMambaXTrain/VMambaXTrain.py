@@ -88,6 +88,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._run = None
         self._chart = None
         self._dependenciesChecked = False
+        self._loading = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -96,6 +97,10 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VMambaXTrainLogic()
+        # The plot widget is made here (not in the .ui) so the panel loads in every Slicer build.
+        self.plotWidget = slicer.qMRMLPlotWidget()
+        self.plotWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.plotContainer.layout().addWidget(self.plotWidget)
 
         for key, label in CONFIG_CHOICES:
             self.ui.configComboBox.addItem(label, key)
@@ -126,13 +131,16 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelNameLineEdit.connect("textChanged(QString)", self._saveToParameterNode)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self._initializeParameterNode()
+        self._updateSourceVisibility()
+
+    def _initializeParameterNode(self):
         self._parameterNode = self.logic.getParameterNode()
         if not self._parameterNode.runFolder:
             self._parameterNode.runFolder = os.path.join(
                 os.path.expanduser("~"), "VMambaX", "runs", "run1")
         self._loadFromParameterNode()
-        self._updateSourceVisibility()
-        self._updateButtons()
 
     def cleanup(self):
         if self._run is not None and self._run.isRunning():
@@ -141,13 +149,26 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def onSceneStartClose(self, caller, event):
+        # A running training keeps going (it is a separate process); only scene links go.
         self._cases = []
         self._chart = None
+        self._parameterNode = None
         self.ui.casesListWidget.clear()
+
+    def onSceneEndClose(self, caller, event):
+        self._initializeParameterNode()
 
     # -- parameter node (plain widgets, synchronised by hand) ---------------------------------
     def _loadFromParameterNode(self):
         p = self._parameterNode
+        self._loading = True  # the widgets' change signals must not save half-loaded values
+        try:
+            self._setWidgets(p)
+        finally:
+            self._loading = False
+        self._updateButtons()
+
+    def _setWidgets(self, p):
         index = self.ui.configComboBox.findData(p.config)
         self.ui.configComboBox.setCurrentIndex(max(index, 0))
         index = self.ui.trainDeviceComboBox.findData(p.device)
@@ -159,7 +180,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _saveToParameterNode(self, *_args):
         p = self._parameterNode
-        if p is None:
+        if p is None or self._loading:
             return
         with slicer.util.NodeModify(p):
             p.config = self.ui.configComboBox.currentData or "vmambax"
@@ -261,10 +282,10 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showChart(self):
         """Show the curves in the panel and in the Plots view of the layout."""
-        viewNode = self.ui.plotWidget.mrmlPlotViewNode()
+        viewNode = self.plotWidget.mrmlPlotViewNode()
         if viewNode is None:
             viewNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotViewNode", "VMambaXTrainPlotView")
-            self.ui.plotWidget.setMRMLPlotViewNode(viewNode)
+            self.plotWidget.setMRMLPlotViewNode(viewNode)
         viewNode.SetPlotChartNodeID(self._chart.chartNode.GetID())
         slicer.modules.plots.logic().ShowChartInLayout(self._chart.chartNode)
 
@@ -287,6 +308,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.isRunning():
             return
         events = run.poll()  # whatever was written just before exiting
+        if self._chart is not None:
+            self._chart.addEvents(events)
         for event in events:
             self._showEvent(event)
         self._timer.stop()
@@ -321,7 +344,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Training: " + ", ".join(parts)
 
     def _register(self, run):
-        name = self._parameterNode.modelName or "my-vmambax"
+        p = self._parameterNode or self.logic.getParameterNode()
+        name = p.modelName or "my-vmambax"
         try:
             entry = self.logic.registerModel(run, name)
         except Exception as exc:

@@ -42,7 +42,7 @@ def nano_file(tmp_path_factory):
 def _segment(case, out, model, *extra):
     return main(["segment", "--ct", str(case / "ct.nii.gz"), "--pet", str(case / "pet.nii.gz"),
                  "-o", str(out / "label.nii.gz"), "--model", str(model), "--device", "cpu",
-                 "--batch", "4", "-q", *extra])
+                 "--batch", "4", "--threads", "1", "-q", *extra])
 
 
 def _files(folder: Path) -> list[str]:
@@ -86,8 +86,8 @@ def test_segment_dicom_writes_a_dicom_seg(case, nano_file, tmp_path, capsys):
 
     out = tmp_path / "seg.dcm"
     rc = main(["segment", "--ct", str(case / "dicom" / "ct"), "--pet", str(case / "dicom" / "pet"),
-               "-o", str(out), "--model", str(nano_file), "--device", "cpu", "--report",
-               str(tmp_path / "r.json")])
+               "-o", str(out), "--model", str(nano_file), "--device", "cpu", "--threads", "1",
+               "--report", str(tmp_path / "r.json")])
     assert rc == 0, capsys.readouterr().err
     seg = hd.seg.segread(str(out))
     assert seg.Modality == "SEG" and seg.number_of_segments == 1

@@ -24,7 +24,7 @@ def test_demo_writes_outputs_and_prints_dice(tmp_path, capsys):
                     preprocessing=preprocessing_info(128), metadata={})
     out = tmp_path / "demo"
     argv = ["demo", "--out", str(out), "--size", "128", "--slices", "4", "--model", str(model),
-            "--device", "cpu", "--seed", "11", "-q"]
+            "--device", "cpu", "--threads", "1", "--seed", "11", "-q"]
     assert main(argv) == 0, capsys.readouterr().err
     stdout = capsys.readouterr().out
     for name in ("label.nii.gz", "report.json", "preview.png"):

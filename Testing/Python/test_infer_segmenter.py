@@ -134,7 +134,8 @@ def test_real_nano_model_is_batch_size_invariant():
 
     net = build_model("vmambax-nano").eval()
     ct, pet = _volume(z=3, y=100, x=120)
-    out = [Segmenter(net, device="cpu", batch_size=b, image_size=128, keep_probability=True)
+    out = [Segmenter(net, device="cpu", batch_size=b, image_size=128, keep_probability=True,
+                     threads=1)
            .segment_arrays(ct, pet, spacing=(1.0, 1.0, 3.0)) for b in (1, 3)]
     p1, p3 = (sitk.GetArrayFromImage(r.probability) for r in out)
     assert p1.shape == ct.shape
@@ -167,3 +168,22 @@ def test_bad_arrays_and_options_are_clear_errors():
         seg.segment_arrays(np.zeros((2, 8, 8)), np.zeros((3, 8, 8)))
     with pytest.raises(Exception, match="3-D SimpleITK image"):
         seg.segment(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)))
+
+
+def test_model_file_with_other_preprocessing_is_refused(tmp_path):
+    from vmambax.data.preprocess import preprocessing_info
+    from vmambax.errors import ModelFileError
+    from vmambax.model import build_model
+    from vmambax.model.checkpoint import save_model_file
+
+    pre = {**preprocessing_info(128), "ct_window_hu": [-1000.0, 400.0], "threshold": 0.4}
+    path = save_model_file(tmp_path / "m.pt", build_model("vmambax-nano"),
+                           config_name="vmambax-nano", preprocessing=pre, metadata={})
+    with pytest.raises(ModelFileError, match="ct_window_hu"):
+        Segmenter(path, device="cpu")
+    pre["ct_window_hu"] = preprocessing_info()["ct_window_hu"]
+    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
+                    preprocessing=pre, metadata={})
+    seg = Segmenter(str(path), device="cpu")
+    assert seg.image_size == 128 and seg.threshold == 0.4
+    assert seg.model_info["config"] == "vmambax-nano" and len(seg.model_info["sha256"]) == 64

@@ -58,9 +58,12 @@ def test_info_cli_reports_exact_counts(capsys):
     assert "multiple of 128" in capsys.readouterr().err
 
 
-def test_bench_forward_reports_time_per_slice():
-    from vmambax.bench.forward import bench_forward
-
-    r = bench_forward("vmambax-nano", size=128, batch=2, repeats=1, warmup=0, device="cpu")
+def test_bench_forward_reports_time_per_slice(capsys):
+    args = ["bench", "forward", "--config", "vmambax-nano", "--size", "128", "--batch", "2",
+            "--repeats", "1", "--warmup", "0", "--device", "cpu"]
+    assert main(args + ["--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
     assert r["seconds_per_slice"] == pytest.approx(r["seconds_per_forward"] / 2)
-    assert r["seconds_per_forward"] > 0 and r["device"] == "cpu" and r["scan_backend"]
+    assert r["seconds_per_forward"] > 0 and r["device"] == "cpu" and r["scan_backend"] and r["batch"] == 2
+    assert main(args[:4] + ["--size", "200"]) == 2
+    assert "multiple of 128" in capsys.readouterr().err

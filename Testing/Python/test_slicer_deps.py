@@ -26,6 +26,13 @@ def test_core_requirements_match_pyproject():
     assert ours == declared
 
 
+def test_gpu_extras_match_pyproject_gpu_extra():
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    gpu = re.search(r"^gpu = \[(.*?)\]", text, re.M).group(1)
+    assert dict(re.findall(r'"([A-Za-z0-9_.-]+)>=([^"]+)"', gpu)) == {
+        r.name: r.minimum for r in deps.GPU_EXTRAS}
+
+
 def test_version_comparison():
     assert deps.version_at_least("2.13.0+cpu", "2.1")
     assert deps.version_at_least("2.1.0", "2.1")

@@ -1,13 +1,15 @@
 """End-to-end training runs of the real vmambax-nano on tiny phantom slices (CPU).
 
-Phantom cases at 128² are exported to a PCLT-layout folder at 128² (the network takes any
-multiple of 128), so every run here is a few seconds of CPU.
+Phantom cases at 128² are exported to the PCLT layout at 128² (the network takes any multiple
+of 128) and each test trains on a handful of slices for a few steps, so the whole file stays
+around a minute or two on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,21 +17,43 @@ from pathlib import Path
 import pytest
 import torch
 
+from vmambax.errors import ConfigError
 from vmambax.train import TrainConfig, config_for_resume, train
+from vmambax.train.schedule import lr_factor
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(600)
 
 
 @pytest.fixture(scope="module")
-def pclt128(tmp_path_factory):
+def phantom_root(tmp_path_factory):
     from vmambax.cli import main
     from vmambax.data.pclt_export import export_case_folders
 
     root = tmp_path_factory.mktemp("train-data")
     assert main(["phantom", "--out", str(root / "cases"), "--cases", "3", "--seed", "11",
-                 "--size", "128", "--slices", "10", "--no-dicom"]) == 0
-    export_case_folders(root / "cases", root / "pclt", val_fraction=0.34, seed=0, size=128)
-    return root / "pclt"
+                 "--size", "128", "--slices", "8", "--no-dicom"]) == 0
+    export_case_folders(root / "cases", root / "pclt", val_fraction=0.0, seed=0, size=128)
+    return root
+
+
+def _subset(phantom_root: Path, name: str, n_train: int, n_val: int) -> Path:
+    """A PCLT folder with the first ``n_train`` slices of two patients for training and
+    ``n_val`` slices of a third for validation."""
+    from vmambax.data.pclt import patient_of, read_split, write_split
+
+    src = phantom_root / "pclt"
+    dst = phantom_root / name
+    if dst.exists():
+        return dst
+    ids = read_split(src, "train")
+    patients = sorted({patient_of(i) for i in ids})
+    val = [i for i in ids if patient_of(i) == patients[-1]][:n_val]
+    train_ids = [i for i in ids if patient_of(i) != patients[-1]][:n_train]
+    assert len(train_ids) == n_train and len(val) == n_val
+    shutil.copytree(src, dst)
+    write_split(dst / "train.txt", train_ids)
+    write_split(dst / "val.txt", val)
+    return dst
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
@@ -44,128 +68,127 @@ def _events(run_dir: Path, kind: str | None = None) -> list[dict]:
     return [e for e in lines if kind is None or e["event"] == kind]
 
 
-class LrRecorder:
-    """Records (global step -> lr, batch sum) at each batch start."""
+def _recorder():
+    """A callback recording, per global step, the lr and the batch it trains on."""
+    import pytorch_lightning as pl
 
-    def __new__(cls):
-        import pytorch_lightning as pl
+    class Recorder(pl.Callback):
+        def __init__(self):
+            self.seen = {}
 
-        class _Rec(pl.Callback):
-            def __init__(self):
-                self.seen = {}
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen[trainer.global_step] = (trainer.optimizers[0].param_groups[0]["lr"],
+                                              batch["ct"].sum().item(), batch["mask"].sum().item())
 
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                self.seen[trainer.global_step] = (trainer.optimizers[0].param_groups[0]["lr"],
-                                                  float(batch["mask"].sum()), float(batch["ct"].sum()))
-
-        return _Rec()
+    return Recorder()
 
 
-def test_nano_run_learns_and_exports_a_weights_only_model_file(pclt128, tmp_path):
+def test_nano_run_learns_and_exports_a_weights_only_model_file(phantom_root, tmp_path):
     from vmambax.model.checkpoint import load_model_file
 
+    data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
     run = tmp_path / "run"
-    result = train(_cfg(pclt128, run, epochs=3, limit_train_batches=4, limit_val_batches=2,
-                        augment=False, lr=2e-3))
-    assert result.status == "done" and result.global_step == 12
+    result = train(_cfg(data, run, epochs=4, augment=False, lr=3e-3))
+    assert result.status == "done" and result.global_step == 4
     steps = _events(run, "step")
-    assert [e["step"] for e in steps] == list(range(1, 13))
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
     losses = [e["loss"] for e in steps]
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4  # it learns
-    assert steps[0]["lr"] < 2e-3 and steps[-1]["lr"] == pytest.approx(2e-9, rel=1e-3)
+    assert losses[-1] < losses[0]  # one fixed batch: the loss must fall
     epochs = _events(run, "epoch")
-    assert len(epochs) == 3 and all(0 <= e["val_dice"] <= 1 for e in epochs)
+    assert [e["epoch"] for e in epochs] == [0, 1, 2, 3]
+    assert all(0 <= e["val_dice"] <= 1 for e in epochs)
     assert epochs[-1]["best"] == pytest.approx(max(e["val_dice"] for e in epochs))
     done = _events(run)[-1]
     assert done["event"] == "done" and done["model_file"] == str(run / "model.pt")
 
     # Training checkpoints and the model file load with weights_only=True.
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 12
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
     raw = torch.load(run / "model.pt", weights_only=True)
     assert raw["format"] == "vmambax-model" and raw["config"] == "vmambax-nano"
+    assert raw["preprocessing"]["image_size"] == 128  # the slice size it was trained on
     assert raw["preprocessing"]["ct_window_hu"] == [-1200.0, -200.0]
     meta = raw["metadata"]
-    assert meta["status"] == "done" and meta["epochs_completed"] == 3
+    assert meta["status"] == "done" and meta["epochs_completed"] == 4
     assert meta["best_val_dice"] == pytest.approx(max(e["val_dice"] for e in epochs))
-    assert meta["data"]["train"]["slices"] > 0 and meta["recipe"]["lr"] == 2e-3
-    # The exported weights are the best checkpoint's, and rebuild an identical network.
+    assert meta["data"]["train"]["slices"] == 2 and meta["recipe"]["lr"] == 3e-3
+    # The exported weights are the best checkpoint's and rebuild an identical network.
     best = torch.load(result.best_checkpoint, weights_only=True)["state_dict"]
-    model, info = load_model_file(run / "model.pt")
+    model, _ = load_model_file(run / "model.pt")
     ref = type(model)(model.config)
     ref.load_state_dict({k[len("model."):]: v for k, v in best.items()})
     ref.eval()
-    x = torch.randn(2, 1, 128, 128)
+    x = torch.randn(1, 1, 128, 128)
     with torch.no_grad():
         assert torch.equal(model(x, x.flip(-1)), ref(x, x.flip(-1)))
 
 
-def test_stop_mid_epoch_then_resume_continues_exactly(pclt128, tmp_path):
-    common = dict(epochs=2, limit_train_batches=3, limit_val_batches=1, seed=5)
-    a_rec, b_rec, c_rec = LrRecorder(), LrRecorder(), LrRecorder()
-    torch.manual_seed(0)
-    full = train(_cfg(pclt128, tmp_path / "a", **common), callbacks=[a_rec])
-    assert full.global_step == 6
+def test_stop_mid_epoch_then_resume_continues_exactly(phantom_root, tmp_path):
+    from vmambax.data.pclt import PcltDataset
+    from vmambax.train.datamodule import SliceDataset
+    from vmambax.train.sampler import ShardedSampler
 
-    torch.manual_seed(0)
-    stopped = train(_cfg(pclt128, tmp_path / "b", stop_after_steps=4, **common), callbacks=[b_rec])
-    assert stopped.status == "stopped" and stopped.global_step == 4 and stopped.epoch == 1
-    ev = _events(tmp_path / "b")
-    assert ev[-1]["event"] == "stopped" and ev[-1]["step"] == 4
+    data = _subset(phantom_root, "two-batches", n_train=4, n_val=1)
+    run = tmp_path / "run"
+    first, second = _recorder(), _recorder()
+    stopped = train(_cfg(data, run, epochs=2, seed=5, stop_after_steps=3), callbacks=[first])
+    assert stopped.status == "stopped" and stopped.global_step == 3 and stopped.epoch == 1
+    ev = _events(run)
+    assert ev[-1]["event"] == "stopped" and ev[-1]["step"] == 3 and ev[-1]["epochs_completed"] == 1
     assert [e["epoch"] for e in ev if e["event"] == "epoch"] == [0]  # no event for the cut epoch
-    assert (tmp_path / "b" / "model.pt").is_file()
-    with pytest.raises(Exception, match="--resume"):  # a new run will not overwrite it
-        train(_cfg(pclt128, tmp_path / "b", **common))
+    assert (run / "model.pt").is_file()
+    with pytest.raises(ConfigError, match="--resume"):  # a new run will not overwrite it
+        train(_cfg(data, run, epochs=2, seed=5))
+    with pytest.raises(ConfigError, match="--epochs"):  # the schedule cannot change on resume
+        config_for_resume(run / "checkpoints" / "last.ckpt", epochs=9)
 
-    cfg = config_for_resume(tmp_path / "b" / "checkpoints" / "last.ckpt", progress_every_s=0)
-    assert cfg.seed == 5 and cfg.stop_after_steps == 4
-    cfg = cfg.replace(stop_after_steps=None)
-    torch.manual_seed(123)  # the RNG state comes from the checkpoint, not from here
-    resumed = train(cfg, callbacks=[c_rec])
-    assert resumed.status == "done" and resumed.global_step == 6 and resumed.epoch == 2
-    # Only the remaining 2 batches of the cut epoch ran, with the uninterrupted run's lr and data.
-    assert sorted(c_rec.seen) == [4, 5]
-    for step in range(6):
-        got = (b_rec.seen if step < 4 else c_rec.seen)[step]
-        assert got == pytest.approx(a_rec.seen[step], rel=1e-12), step
-    wa = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    wc = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    for k in wa:
-        torch.testing.assert_close(wc[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
-    assert _events(tmp_path / "b", "start")[-1]["resumed"] is True
+    cfg = config_for_resume(run / "checkpoints" / "last.ckpt", stop_after_steps=None)
+    assert cfg.seed == 5 and cfg.epochs == 2 and cfg.resume.endswith("last.ckpt")
+    torch.manual_seed(123)  # RNG state comes from the checkpoint, not from here
+    resumed = train(cfg, callbacks=[second])
+    assert resumed.status == "done" and resumed.global_step == 4 and resumed.epoch == 2
+    assert sorted(second.seen) == [3]  # only the remaining batch of the cut epoch ran
+    assert _events(run, "start")[-1]["resumed"] is True
+    assert [e["epoch"] for e in _events(run, "epoch")] == [0, 1]
+
+    # Every step saw the lr and the batch an uninterrupted run would: cosine over 4 steps, the
+    # sampler's (seed, epoch) order and per-sample augmentation seeds.
+    ds = SliceDataset(PcltDataset(data, split="train"), train=True, augment=True, seed=5)
+    sampler = ShardedSampler(len(ds), seed=5)
+    seen = {**first.seen, **second.seen}
+    for step in range(4):
+        epoch, k = divmod(step, 2)
+        sampler.set_epoch(epoch)
+        idx = list(sampler)[2 * k:2 * k + 2]
+        items = [ds[i] for i in idx]
+        lr, ct_sum, mask_sum = seen[step]
+        assert lr == pytest.approx(1e-3 * lr_factor(step, 4), rel=1e-9), step
+        assert ct_sum == pytest.approx(sum(float(s["ct"].sum()) for s in items), rel=1e-5), step
+        assert mask_sum == sum(float(s["mask"].sum()) for s in items), step
 
 
-def test_resume_refuses_a_changed_recipe(pclt128, tmp_path):
-    from vmambax.errors import ConfigError
-
-    train(_cfg(pclt128, tmp_path / "r", epochs=1, max_steps=1, limit_val_batches=1))
-    with pytest.raises(ConfigError, match="--epochs"):
-        config_for_resume(tmp_path / "r" / "checkpoints" / "last.ckpt", epochs=9)
-
-
-def test_two_process_ddp_reduces_validation_metrics(pclt128, tmp_path):
-    """torchrun, 2 CPU processes with gloo: each rank validates a different half of the
-    validation slices; the logged metrics must equal the single-process metrics of the whole
-    validation set with the same weights (sums all-reduced, not per-rank ratios averaged)."""
+def test_two_process_ddp_reduces_validation_metrics(phantom_root, tmp_path):
+    """torchrun, 2 CPU processes with gloo: the ranks validate different slices (2 and 1); the
+    logged metrics must equal the single-process metrics of the whole validation set with the
+    same weights (sums all-reduced, not per-rank ratios averaged)."""
     from vmambax.data.pclt import PcltDataset
     from vmambax.model import build_model
     from vmambax.train.datamodule import SliceDataset
     from vmambax.train.metrics import SegmentationCounts
 
+    data = _subset(phantom_root, "ddp", n_train=4, n_val=3)
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vmambax", "train", "--data", str(pclt128), "--config", "vmambax-nano",
-           "--out", str(run), "--epochs", "1", "--limit-train-batches", "1", "--batch-size", "2",
-           "--accelerator", "cpu", "--num-workers", "0", "--no-progress-bar", "--no-augment"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+           "-m", "vmambax", "train", "--data", str(data), "--config", "vmambax-nano",
+           "--out", str(run), "--epochs", "1", "--batch-size", "2", "--accelerator", "cpu",
+           "--num-workers", "0", "--no-progress-bar", "--no-augment"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = _events(run, "start")[0]
-    assert start["world_size"] == 2
+    assert start["world_size"] == 2 and start["total_steps"] == 1  # 4 slices / (2 ranks x 2)
     logged = _events(run, "epoch")[0]
 
-    val = SliceDataset(PcltDataset(pclt128, split="val", val_fraction=0.1, seed=42), train=False)
-    assert len(val) >= 2
+    val = SliceDataset(PcltDataset(data, split="val"), train=False)
     model = build_model("vmambax-nano")
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     model.load_state_dict({k[len("model."):]: v for k, v in state.items()})
@@ -176,6 +199,20 @@ def test_two_process_ddp_reduces_validation_metrics(pclt128, tmp_path):
             s = val[i]
             counts.update(model(s["ct"][None], s["pet"][None]), s["mask"][None])
     whole = counts.compute()
-    assert whole["val_images"] == len(val)
+    assert whole["val_images"] == 3
     for key in ("val_dice", "val_iou", "val_dice_macro", "val_balanced_acc"):
         assert logged[key] == pytest.approx(whole[key], abs=1e-6), key
+
+
+def test_volume_case_folders_are_exported_once_into_the_run(phantom_root, tmp_path):
+    from vmambax.data.pclt import read_split
+    from vmambax.train.datamodule import prepare_data_root
+
+    root, kind = prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)
+    assert kind == "volumes" and root == tmp_path / "data"
+    train_ids, val_ids = read_split(root, "train"), read_split(root, "val")
+    assert train_ids and val_ids and read_split(root, "test") == []
+    assert {i.split("_")[0] for i in train_ids}.isdisjoint({i.split("_")[0] for i in val_ids})
+    stamp = (root / "train.txt").stat().st_mtime_ns
+    assert prepare_data_root(phantom_root / "cases", tmp_path, image_size=128)[0] == root
+    assert (root / "train.txt").stat().st_mtime_ns == stamp  # reused on resume, not redone

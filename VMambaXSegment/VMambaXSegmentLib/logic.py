@@ -24,7 +24,7 @@ from vmambax.errors import ConfigError, InputError
 
 from VMambaXSegmentLib import scene_output
 from VMambaXSegmentLib.mrml_sitk import volume_node_to_image
-from VMambaXSegmentLib.pet import pet_to_suv
+from VMambaXSegmentLib.pet import pet_tags_from_node, pet_to_suv
 from VMambaXSegmentLib.task import BackgroundTask
 
 ProgressFn = Callable[[float, str], None]
@@ -111,6 +111,8 @@ class VMambaXSegmentLogic:
                 raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation")
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
+        if petTags is None and petUnits != "suv":
+            petTags = pet_tags_from_node(petNode)  # Slicer's DICOM database; None elsewhere
         ct = volume_node_to_image(ctNode)
         pet = volume_node_to_image(petNode)
         pet_suv, conversion = pet_to_suv(pet, petUnits, petTags, weightKg, doseMBq,
@@ -134,6 +136,8 @@ class VMambaXSegmentLogic:
 
         Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
         within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
+        Progress of a background run is read with ``task.snapshot()`` (``progress`` is only
+        called for synchronous runs: GUI code must not be called from the worker thread).
         """
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")

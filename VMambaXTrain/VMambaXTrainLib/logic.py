@@ -275,7 +275,7 @@ class VMambaXTrainLogic:
                 raise InputError(f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt; "
                                  f"start a new training run instead")
         else:
-            if dataDir is None or not Path(dataDir).is_dir():
+            if not dataDir or not Path(dataDir).is_dir():  # "" would mean the current folder
                 raise InputError(f"training data folder {dataDir} does not exist; export the "
                                  f"cases first or choose the folder of case sub-folders")
             if (run_dir / "checkpoints" / "last.ckpt").is_file():

@@ -98,6 +98,8 @@ class Painter:
             self.text(x + 8, y + 5, "▾  " + text_of(w), FB)
             inner = self.layout(w.find("layout"), x + 6, y + 30, width - 12) if w.find("layout") is not None else 0
             return 30 + inner + 4
+        if name == "plotContainer":  # filled with a qMRMLPlotWidget at run time
+            return self.plot(x, y, width)
         if cls in ("QWidget", "qMRMLWidget"):
             lay = w.find("layout")
             return self.layout(lay, x, y, width) if lay is not None else 0
@@ -151,8 +153,6 @@ class Painter:
             return 76
         if cls == "qMRMLTableView":
             return self.table(x, y, width)
-        if cls == "qMRMLPlotWidget":
-            return self.plot(x, y, width)
         return 0
 
     def table(self, x, y, width):

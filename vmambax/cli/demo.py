@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="default", help="model name or file (default: demo model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--batch", type=int, help="slices per batch (default: auto)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: idle CPUs, see `segment`)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -49,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[1/3] Generating synthetic PET/CT case (seed {args.seed}, {args.size}x{args.size}x"
           f"{args.slices} CT) ...", flush=True)
     # The model is loaded first: a missing/corrupt demo model fails before minutes of work.
-    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch)
+    segmenter = Segmenter(args.model, device=args.device, batch_size=args.batch,
+                          threads=args.threads)
     phantom = make_phantom(args.seed, size=args.size, n_slices=args.slices)
     case_dir = write_case(phantom, out / "case", default_case_id(args.seed), overwrite=True)
     t_case = time.perf_counter() - t0

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
                         "see `vmambax models list`)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N, mps")
     p.add_argument("--batch", type=int, help="slices per batch (default: 2-4 on CPU, by memory on CUDA)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS or usable CPUs)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: OMP_NUM_THREADS, else the CPUs "
+                   "not busy with other work, max 16)")
     p.add_argument("--pet-units", choices=("auto", "suv", "bqml"), default="auto",
                    help="auto: DICOM tags, or SUV for NIfTI/NRRD; bqml needs --weight and --dose "
                         "unless the DICOM tags have them")

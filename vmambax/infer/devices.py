@@ -61,14 +61,23 @@ def available_cpus() -> int:
 
 
 def default_cpu_threads() -> int:
-    """Threads for CPU inference: an explicit OMP_NUM_THREADS wins; else the usable CPUs, capped.
+    """Threads for CPU inference: an explicit OMP_NUM_THREADS wins; else the CPUs not already busy.
 
-    Beyond ~16 threads the per-slice convolutions and scans stop scaling and only add contention.
+    Oversubscribing cores is catastrophic for PyTorch's OpenMP kernels (threads spin-wait for
+    each other): on a 2-core machine with other jobs running, the nano model ran 15x slower with
+    2 threads than with 1 (docs/benchmarks.md, Inference). So the 1-minute load average, minus
+    this process's own share, is subtracted from the usable CPUs; on an idle machine this gives
+    all of them (capped at 16, beyond which the per-slice kernels stop scaling).
     """
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return min(available_cpus(), 16)
+    cpus = available_cpus()
+    try:
+        busy = max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # Windows
+        busy = 0.0
+    return int(max(1, min(cpus - round(busy), cpus, 16)))
 
 
 @contextlib.contextmanager

@@ -75,9 +75,6 @@ def plan_outputs(output, report=None, preview=None, *, ct_path: Path, pet_path: 
         raise InputError(f"--report {plan.report} must end in .json")
     if plan.preview and plan.preview.suffix.lower() != ".png":
         raise InputError(f"--preview {plan.preview} must end in .png")
-    resolved = [p.resolve() for p in plan.paths()]
-    if len(set(resolved)) != len(resolved):
-        raise InputError("the label, report and preview outputs must be different files")
     inputs = {ct_path.resolve(), pet_path.resolve()}
     for path in plan.paths():
         if path.resolve() in inputs or any(i in path.resolve().parents for i in inputs):

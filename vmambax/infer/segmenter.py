@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vmambax.errors import Cancelled, ConfigError, InputError
+from vmambax.errors import Cancelled, ConfigError, InputError, ModelFileError
 from vmambax.infer import devices
 from vmambax.infer.devices import DeviceError
 
@@ -61,6 +61,20 @@ def _is_cancelled(cancel) -> bool:
     if hasattr(cancel, "is_set"):
         return bool(cancel.is_set())
     return bool(cancel() if callable(cancel) else cancel)
+
+
+def _check_preprocessing(pre: dict, path) -> None:
+    """Refuse a model trained with other intensity windows than this VMambaX's preprocessing:
+    it would run, but on inputs scaled differently from its training data (silently wrong)."""
+    from vmambax.data.preprocess import CT_WINDOW_HU, SUV_WINDOW
+
+    for key, ours in (("ct_window_hu", CT_WINDOW_HU), ("suv_window", SUV_WINDOW)):
+        theirs = pre.get(key)
+        if theirs is not None and [float(v) for v in theirs] != [float(v) for v in ours]:
+            raise ModelFileError(
+                f"model file {path} was trained with {key} = {list(theirs)}, but this VMambaX "
+                f"preprocesses with {list(ours)}; use a VMambaX version matching the model, or "
+                f"retrain it")
 
 
 def _image_size_of(info: dict, default: int) -> int:
@@ -104,7 +118,9 @@ class Segmenter:
         self.amp_dtype = devices.amp_dtype(self.device, amp)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.model, self.model_info = self._load_model(model, image_size)
-        self.image_size = self.model_info["image_size"]
+        self.image_size = int(self.model_info["image_size"])
+        # A model file may carry its own decision threshold (training exports 0.5, as pred.py).
+        self.threshold = float(self.model_info["preprocessing"].get("threshold", THRESHOLD))
         self.batch_size = int(batch_size) if batch_size else devices.default_batch_size(
             self.device, self.image_size)
         self.compiled = False
@@ -124,8 +140,7 @@ class Segmenter:
 
         if isinstance(model, torch.nn.Module):
             name = getattr(model, "config_name", None) or type(model).__name__
-            info = {"name": name, "file": None, "sha256": None,
-                    "config": getattr(getattr(model, "config", None), "name", name),
+            info = {"name": name, "file": None, "sha256": None, "config": name,
                     "preprocessing": {}, "image_size": image_size or IMAGE_SIZE}
             net = model
         elif isinstance(model, (str, Path)):
@@ -142,6 +157,7 @@ class Segmenter:
                     "preprocessing": file_info.get("preprocessing") or {},
                     "metadata": file_info.get("metadata") or {},
                     "image_size": image_size or _image_size_of(file_info, IMAGE_SIZE)}
+            _check_preprocessing(info["preprocessing"], path)
         else:
             raise ConfigError(f"model must be a registry name, a file path or a torch module, "
                               f"not {type(model).__name__}")
@@ -247,7 +263,7 @@ class Segmenter:
             # the CT's own voxels: thresholding after the resize keeps lesion borders sub-pixel.
             prob_native = slices_to_volume(prob, geometry)
             del prob
-            mask = (prob_native > THRESHOLD).astype(np.uint8)
+            mask = (prob_native > self.threshold).astype(np.uint8)
             label = sitk.GetImageFromArray(mask)
             label.CopyInformation(ct)
             probability = None

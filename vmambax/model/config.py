@@ -142,5 +142,5 @@ register_config("vmambax-no-dcim", ModelConfig(
 register_config("dual-vmamba-baseline", ModelConfig(
     use_cgm=False, use_dcim=False, description="baseline: shared encoder + decoder, F = C + P"))
 register_config("vmambax-nano", ModelConfig(
-    dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), decoder_depths=(1, 1, 1), cgm_min_channels=8,
-    description="narrow vMambaX (same architecture) for CPU tests and the demo model"))
+    dims=(16, 32, 64, 128), depths=(1, 1, 2, 1), decoder_depths=(1, 1, 1), cgm_min_channels=8,
+    description="narrow vMambaX (same architecture, 1.2 M parameters) for CPU tests and the demo model"))

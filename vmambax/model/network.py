@@ -65,9 +65,13 @@ class VMambaX(nn.Module):
             raise InputError(f"this CIPA model's CRM is built for {s}x{s} slices (its layers act on whole "
                              f"flattened feature maps); got {h}x{w}. Resize to {s}x{s}, or build the "
                              f"model with img_size={h} (that model cannot load {s}x{s} weights).")
-        if self.training and self.cgm is not None and ct.shape[0] < 2:
+        if self.training and ct.shape[0] < 2 and self._cgm_has_local_batchnorm():
             raise InputError("training with a batch of 1 is not possible: CGM's BatchNorm sees one pooled "
                              "value per channel. Use a batch of at least 2, or call model.eval().")
+
+    def _cgm_has_local_batchnorm(self) -> bool:
+        # SyncBatchNorm (multi-GPU) pools statistics over devices, so 1 sample per device is fine.
+        return self.cgm is not None and type(self.cgm[0].gate_ct.channel[1]) is nn.BatchNorm2d
 
     def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         self.check_inputs(ct, pet)

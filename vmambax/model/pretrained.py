@@ -29,7 +29,13 @@ def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bo
     if not path.is_file():
         raise ModelFileError(f"{what} not found: {path}. Check the path.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        except Exception:
+            if not mmap:
+                raise
+            # memory-mapping needs the zip format; legacy files load the ordinary way
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with disallowed globals, truncated file ...
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(

@@ -68,12 +68,17 @@ def _plan(length: int, per_step: int, device: torch.device, segment: int | None,
 
 def _time_major(x: torch.Tensor, T: int) -> torch.Tensor:
     """Contiguous (b, g, k, S) -> (T, nc, b, g, k): segment step c*T + t goes to [t, c]."""
+    b, g, k, steps = x.shape
+    if T == steps:  # a plain 2-D transpose, which torch copies in cache-friendly tiles
+        return x.reshape(b * g * k, steps).t().contiguous().view(T, 1, b, g, k)
     return x.unflatten(-1, (-1, T)).permute(4, 3, 0, 1, 2).contiguous()
 
 
 def _channel_major(x: torch.Tensor) -> torch.Tensor:
-    """(T, nc, b, g, k) -> contiguous (b, g, k, nc*T); inverse of ``_time_major``."""
+    """Contiguous (T, nc, b, g, k) -> contiguous (b, g, k, nc*T); inverse of ``_time_major``."""
     T, nc, b, g, k = x.shape
+    if nc == 1:
+        return x.view(T, b * g * k).t().contiguous().view(b, g, k, T)
     return x.permute(2, 3, 4, 1, 0).reshape(b, g, k, nc * T)
 
 
@@ -88,7 +93,10 @@ def _scan_(coef, x, h0, work):
     for t in range(1, T):  # all chunks at once; chunk 0 is exact, the others start from 0 ...
         xs[t].addcmul_(cs[t], xs[t - 1])
     if nc > 1:  # ... so add each chunk's true start state, decayed to every step of the chunk
-        decay = torch.cumprod(coef, dim=0, out=work)
+        decay = work  # decay[t] = coef[0] * ... * coef[t]; a loop, as CPU cumprod is ~10x slower
+        decay[0].copy_(coef[0])
+        for t in range(1, T):
+            torch.mul(decay[t - 1], coef[t], out=decay[t])
         carries = [xs[T - 1][0]]  # the state entering chunk 1
         for c in range(1, nc - 1):
             carries.append(torch.addcmul(xs[T - 1][c], decay[T - 1, c], carries[-1]))
@@ -154,14 +162,14 @@ class _Problem:
             softplus=softplus, dtype=dtype)
 
     def segment(self, start, stop, T):
-        """One segment's inputs: u, pre-softplus z and dt as (b, g, dg, S); their time-major
-        forms shaped to broadcast against states (T, nc, b, g, n, dg)."""
-        u = self.u4[..., start:stop].to(self.dtype).contiguous()
+        """One segment's inputs: u (a view), pre-softplus z and dt as (b, g, dg, S), and the
+        time-major dt, x = dt * u, B and C shaped to broadcast against (T, nc, b, g, n, dg)."""
+        u = self.u4[..., start:stop].to(self.dtype)
         z = self.delta4[..., start:stop].to(self.dtype)
         z = z + self.bias if self.bias is not None else z.contiguous()
         dt = F.softplus(z) if self.softplus else z
         return u, z, dt, _Segment(
-            dt=_time_major(dt, T).unsqueeze(-2), u=_time_major(u, T).unsqueeze(-2),
+            dt=_time_major(dt, T).unsqueeze(-2), x=_time_major(dt * u, T).unsqueeze(-2),
             B=_time_major(self.B[..., start:stop], T).unsqueeze(-1),
             C=_time_major(self.C[..., start:stop], T).unsqueeze(-1))
 
@@ -169,7 +177,7 @@ class _Problem:
 @dataclass
 class _Segment:
     dt: torch.Tensor  # (T, nc, b, g, 1, dg)
-    u: torch.Tensor  # (T, nc, b, g, 1, dg)
+    x: torch.Tensor  # dt * u, (T, nc, b, g, 1, dg)
     B: torch.Tensor  # (T, nc, b, g, n, 1)
     C: torch.Tensor  # (T, nc, b, g, n, 1)
 
@@ -204,7 +212,7 @@ def _forward(p: _Problem, plan, n, keep_states):
         coef, H, work = _views(bufs, p, start, stop, T)
         u, _, _, s = p.segment(start, stop, T)
         torch.mul(s.dt, p.At, out=coef).exp_()
-        torch.mul(s.dt * s.u, s.B, out=H)
+        torch.mul(s.x, s.B, out=H)
         if keep_states:
             starts.append(h)
         h = _scan_(coef, H, h, work).clone()
@@ -235,7 +243,7 @@ def _backward(gy, p: _Problem, plan, n, starts, u_dtype, delta_dtype):
         u, z, dt, s = p.segment(start, stop, T)
         gy_s = gy4[..., start:stop].to(p.dtype).contiguous()
         gys = _time_major(gy_s, T).unsqueeze(-2)
-        xs = s.dt * s.u
+        xs = s.x
 
         # Recompute the segment's states h_t (H), keeping the decays exp(dt A) (coef).
         torch.mul(s.dt, p.At, out=coef).exp_()

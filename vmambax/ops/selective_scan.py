@@ -92,6 +92,8 @@ def _check(u, delta, A, B, C, D, delta_bias):
     if u.dim() != 3:
         fail(f"u has shape {tuple(u.shape)}")
     b, d, length = u.shape
+    if 0 in u.shape or 0 in A.shape:
+        fail(f"empty input: u has shape {tuple(u.shape)}, A {tuple(A.shape)}")
     if delta.shape != u.shape:
         fail(f"delta has shape {tuple(delta.shape)} but u has {tuple(u.shape)}")
     if A.dim() != 2 or A.shape[0] != d:

@@ -1,9 +1,10 @@
 """The test oracle: the selective scan as a plain loop over the sequence, one step at a time.
 
-It is the spec's reference maths (§7) written as directly as possible, so that the fast backends
-can be checked against it (call it with float64 inputs for a high-precision reference). It is
-differentiable through ordinary autograd, but slow and memory-hungry under autograd: use it in
-tests and benchmarks only.
+It is the spec's reference maths (§7) written as directly as possible, and it always computes
+in float64 (float32 only on devices without float64, such as Apple MPS), so that the fast
+backends can be checked against it. The result is cast back to u's dtype; pass float64 inputs to
+get the float64 result. It is differentiable through ordinary autograd, but slow and
+memory-hungry under autograd: use it in tests and benchmarks only.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 def sequential_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
     """Same arguments and result as :func:`vmambax.ops.selective_scan`."""
     dtype = u.dtype
-    work = torch.float64 if torch.float64 in (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype) else torch.float32
+    work = torch.float32 if u.device.type == "mps" else torch.float64
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     if B.dim() == 3:
         B = B.unsqueeze(1)

@@ -61,7 +61,7 @@ def export_model_file(out_path: str | Path, model: nn.Module, *, config_name: st
     meta = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "vmambax_version": vmambax.__version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "git_commit": git_commit(),
         **(metadata or {}),
     }
