@@ -47,13 +47,11 @@ _GPU_CHUNK = 64
 
 def _plan(length: int, per_step: int, device: torch.device, segment: int | None, chunk: int | None):
     """Split ``length`` steps into segments ``(start, stop, T)`` of whole chunks of T steps."""
-    if device.type == "cpu":
-        seg = segment or max(8, _CPU_BUDGET // per_step)
-        chunk = chunk or seg  # one chunk per segment
-    else:
-        chunk = chunk or _GPU_CHUNK
-        seg = segment or max(chunk, (_GPU_BUDGET // per_step) // chunk * chunk)
-    chunk = min(chunk, seg)
+    cpu = device.type == "cpu"
+    seg = segment or max(1, (_CPU_BUDGET if cpu else _GPU_BUDGET) // per_step)
+    chunk = min(chunk or (seg if cpu else _GPU_CHUNK), seg)  # CPU: one chunk per segment
+    if segment is None:
+        seg = seg // chunk * chunk
     plan = []
     start = 0
     while start < length:
