@@ -118,8 +118,8 @@ def test_output_must_not_overwrite_an_input(files):
     ct, pet = files
     with pytest.raises(InputError, match="overwrite an input"):
         pipeline.plan_outputs(ct, ct_path=ct, pet_path=pet, overwrite=True)
-    with pytest.raises(InputError, match="same path"):
-        pipeline.check_inputs(ct, ct)
+    with pytest.raises(InputError, match="PET input .* does not exist"):
+        pipeline.check_inputs(ct, ct.parent / "missing.nii.gz")
 
 
 def test_report_json_is_strict_json():

@@ -25,10 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slices", type=int, default=16, help="slices to time (default 16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches (default 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: usable CPUs, max 16)")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: OMP_NUM_THREADS, else the idle CPUs, max 16)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                        help="torch.compile the model; MODE e.g. reduce-overhead (CUDA graphs) "
+                             "or max-autotune")
     parser.add_argument("--e2e-slices", type=int, default=None,
                         help="also segment a synthetic volume of this many slices end to end "
                              "(default: 300 on CUDA, 0 = skip on CPU)")
@@ -87,7 +90,7 @@ def _time_slices(seg, ct, pet, warmup: int) -> tuple[float, "numpy.ndarray"]:
 def benchmark(config: str = "vmambax-nano", model_file: str | None = None, size: int = 512,
               batch: int | None = None, slices: int = 16, warmup: int = 1, device: str = "auto",
               threads: int | None = None, amp: bool = False, channels_last: bool = False,
-              compile: bool = False, e2e_slices: int | None = None, log=print) -> dict:
+              compile: bool | str = False, e2e_slices: int | None = None, log=print) -> dict:
     import numpy as np
     import torch
 
@@ -117,7 +120,8 @@ def benchmark(config: str = "vmambax-nano", model_file: str | None = None, size:
         out[label] = {"slices_per_s": round(slices / seconds, 3), "seconds": round(seconds, 3),
                       "batch": seg.batch_size, "peak_mem_mib": round(mem, 1), "mem_kind": mem_kind,
                       "device": seg.device_name, "scan_backend": seg.scan_backend,
-                      **{k: bool(v) for k, v in opts.items()}}
+                      "amp_dtype": str(seg.amp_dtype).replace("torch.", "") if seg.amp_dtype else None,
+                      **{k: v if isinstance(v, str) else bool(v) for k, v in opts.items()}}
         log(f"{label:>9}: {slices / seconds:8.2f} slices/s  ({seconds:.2f} s for {slices} slices, "
             f"batch {seg.batch_size}, {mem_kind} {mem:.0f} MiB, {out[label]['device']}, "
             f"scan {seg.scan_backend})")

@@ -38,7 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--preview", metavar="PNG", help="write a PNG preview (PET MIP + lesion slices)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on CUDA (fp32)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA, slow start)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the model (CUDA; slow first batch); MODE e.g. "
+                        "reduce-overhead (CUDA graphs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lesion table")
     p.set_defaults(func=run)
 

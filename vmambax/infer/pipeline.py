@@ -94,8 +94,6 @@ def check_inputs(ct_path, pet_path) -> tuple[Path, Path]:
         if not path.exists():
             raise InputError(f"{name} input {path} does not exist; give a NIfTI/NRRD/MHA file or a "
                              f"DICOM series folder")
-    if ct.resolve() == pet.resolve():
-        raise InputError(f"--ct and --pet are the same path ({ct}); give the CT and the PET")
     return ct, pet
 
 

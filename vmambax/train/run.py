@@ -175,15 +175,17 @@ def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
 # ---------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
           param_groups_fn: Callable | None = None) -> TrainResult:
-    """Train per ``cfg``; returns when done or stopped (stop file / signal). Raises VMambaXError
-    for bad input before writing anything but the run folder.
+    """Train per ``cfg``; returns when done or stopped (stop file / signal). Options and the data
+    folder are checked before anything is written; a failure is also reported as an ``error``
+    event in the progress stream.
 
-    ``model`` (advanced/tests): a prepared network to train instead of ``build_model(cfg.config)``.
+    ``callbacks``: extra Lightning callbacks. ``model`` / ``param_groups_fn`` (advanced): a
+    prepared network (and its AdamW groups) instead of ``build_model(cfg.config)``.
     """
     cfg.validate()
     _check_config_name(cfg)
     resume = resolve_resume_path(cfg)
-    if resume is not None and cfg.resume not in (str(resume),):
+    if resume is not None:
         cfg = cfg.replace(resume=str(resume))
     accel, precision = resolve_accelerator_precision(cfg)
     devices, nodes = launch_topology(cfg)
@@ -195,37 +197,102 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         raise ConfigError("--batch-size 1 cannot train here: the CGM BatchNorm needs at least 2 "
                           "samples per step (pooled across GPUs only with SyncBN on CUDA). Use "
                           "--batch-size 2 or more (with --crop-size to save memory).")
-
-    import pytorch_lightning as pl
-    from pytorch_lightning.loggers import CSVLogger
-
-    from vmambax.train.callbacks import AtomicCheckpointIO, ProgressStream, ProgressWriter, RunCheckpoint, StopRequest
-    from vmambax.train.datamodule import (SliceDataModule, check_data_path, load_splits,
-                                          prepare_data_root, slice_size, split_summary)
-    from vmambax.train.export import export_model_file
-    from vmambax.train.module import SegmentationModule
+    from vmambax.train.callbacks import ProgressWriter
+    from vmambax.train.datamodule import check_data_path
 
     rank = global_rank_from_env(devices)
     check_data_path(cfg.data)
     if rank == 0:
         _prepare_run_dir(cfg, resume)
+        if cfg.stop_path.exists():
+            cfg.stop_path.unlink()  # a stale request from the run we are resuming
+    # The stream is append-only: a resumed run continues it; each run begins with "start".
     writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank)
-    if rank == 0 and resume is None and cfg.progress_path is not None and cfg.progress_path.exists():
-        cfg.progress_path.unlink()  # a fresh run starts a fresh stream
-    if rank == 0 and cfg.stop_path.exists():
-        cfg.stop_path.unlink()  # a stale request from the run we are resuming
     try:
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                       export=rank == 0, image_size=cfg.image_size)
-        train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        size = slice_size(train_src)
-        if cfg.crop_size is not None and cfg.crop_size > size:
-            raise ConfigError(f"--crop-size {cfg.crop_size} is larger than the {size}x{size} slices of "
-                              f"{root}; use a crop of at most {size}.")
-        data_info = {"kind": kind, "source": str(Path(cfg.data).resolve()), "root": str(Path(root).resolve()),
-                     "image_size": size, "train": split_summary(train_src), "val": split_summary(val_src)}
+        run = _Run(cfg, writer, rank=rank, accel=accel, precision=precision, devices=devices,
+                   nodes=nodes, world=world, sync_bn=sync_bn)
+        run.fit(model, param_groups_fn, callbacks, resume)
+        return run.finish()
+    except (KeyboardInterrupt, SystemExit):
+        writer.emit("error", message="interrupted")
+        raise
+    except VMambaXError as exc:
+        writer.emit("error", message=str(exc))
+        raise
+    except BaseException as exc:
+        writer.emit("error", message=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        writer.close()
 
+
+class _Run:
+    """One ``train()`` call: data, module, trainer, then the export and the final event."""
+
+    def __init__(self, cfg: TrainConfig, writer, *, rank: int, accel: str, precision: str,
+                 devices, nodes: int, world: int, sync_bn: bool):
+        self.cfg, self.writer, self.rank = cfg, writer, rank
+        self.accel, self.precision = accel, precision
+        self.devices, self.nodes, self.world, self.sync_bn = devices, nodes, world, sync_bn
+
+    def _data(self):
+        from vmambax.train.datamodule import SliceDataModule, load_splits, prepare_data_root, slice_size, split_summary
+
+        cfg = self.cfg
+        root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                       export=self.rank == 0, image_size=cfg.image_size)
+        train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        self.size = slice_size(train_src)
+        if cfg.crop_size is not None and cfg.crop_size > self.size:
+            raise ConfigError(f"--crop-size {cfg.crop_size} is larger than the {self.size}x{self.size} "
+                              f"slices of {root}; use a crop of at most {self.size}.")
+        self.data_info = {"kind": kind, "source": str(Path(cfg.data).resolve()),
+                          "root": str(Path(root).resolve()), "image_size": self.size,
+                          "train": split_summary(train_src), "val": split_summary(val_src)}
+        dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
+                             val_batch_size=cfg.val_batch_size or cfg.batch_size,
+                             crop_size=cfg.crop_size, augment=cfg.augment, seed=cfg.seed,
+                             num_workers=cfg.num_workers)
+        dm.allow_zero_length_dataloader_with_multiple_devices = True
+        return dm
+
+    def _callbacks(self) -> list:
+        from vmambax.train.callbacks import ProgressStream, RunCheckpoint, StopRequest
+
+        cfg, writer = self.cfg, self.writer
+
+        def saved(path):
+            writer.emit("checkpoint", path=str(path))
+
+        self.best_cb = RunCheckpoint(  # best validation micro Dice (the reference: test-set IoU)
+            dirpath=str(cfg.checkpoint_dir), filename="best-epoch{epoch:03d}-dice{val_dice:.4f}",
+            auto_insert_metric_name=False, monitor="val_dice", mode="max", save_top_k=1,
+            on_saved=saved)
+        self.last_cb = RunCheckpoint(  # every epoch, validated or not (Lightning's save_last
+            # skips epochs in which the monitored checkpoint did not improve)
+            dirpath=str(cfg.checkpoint_dir), filename="last", monitor=None, save_top_k=1,
+            save_on_train_epoch_end=True, enable_version_counter=False, on_saved=saved)
+        self.stop_cb = StopRequest(
+            cfg.stop_path, cfg.last_checkpoint, after_steps=cfg.stop_after_steps,
+            checkpoints=[self.best_cb, self.last_cb],
+            on_stop=lambda path, step: writer.emit("checkpoint", path=str(path), step=step))
+        progress = ProgressStream(writer, every_s=cfg.progress_every_s,
+                                  stopping=lambda: self.stop_cb.stopped, start_info={
+                                      "config": cfg.config, "data": self.data_info,
+                                      "precision": self.precision, "accelerator": self.accel,
+                                      "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
+        return [progress, self.stop_cb]
+
+    def fit(self, model, param_groups_fn, extra_callbacks, resume: Path | None) -> None:
+        import pytorch_lightning as pl
+        from pytorch_lightning.loggers import CSVLogger
+
+        from vmambax.train.callbacks import AtomicCheckpointIO
+        from vmambax.train.module import SegmentationModule
+
+        cfg = self.cfg
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        dm = self._data()
         if model is None:
             from vmambax.model import build_model
 
@@ -233,98 +300,72 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
             if cfg.pretrained_encoder and resume is None:
                 overrides["pretrained_encoder"] = cfg.pretrained_encoder
             model = build_model(cfg.config, **overrides)
-        hparams = {HPARAMS_KEY: cfg.to_dict(), "data": data_info}
+        hparams = {HPARAMS_KEY: cfg.to_dict(), "data": self.data_info}
         hparams.update({k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS})
-        module = SegmentationModule(model, hparams, param_groups_fn=param_groups_fn)
-        dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
-                             val_batch_size=cfg.val_batch_size or cfg.batch_size,
-                             crop_size=cfg.crop_size, augment=cfg.augment, seed=cfg.seed,
-                             num_workers=cfg.num_workers)
-        dm.allow_zero_length_dataloader_with_multiple_devices = True
-
-        emit_saved = lambda p: writer.emit("checkpoint", path=str(p))  # noqa: E731
-        ckpt_cb = RunCheckpoint(  # best validation micro Dice (the reference monitored test IoU)
-            dirpath=str(cfg.checkpoint_dir), filename="best-epoch{epoch:03d}-dice{val_dice:.4f}",
-            auto_insert_metric_name=False, monitor="val_dice", mode="max", save_top_k=1,
-            on_saved=emit_saved)
-        last_cb = RunCheckpoint(  # every epoch, validated or not (Lightning's save_last skips
-            # epochs in which the monitored checkpoint did not improve)
-            dirpath=str(cfg.checkpoint_dir), filename="last", monitor=None, save_top_k=1,
-            save_on_train_epoch_end=True, enable_version_counter=False, on_saved=emit_saved)
-        stop_cb = StopRequest(cfg.stop_path, cfg.last_checkpoint, after_steps=cfg.stop_after_steps,
-                              checkpoints=[ckpt_cb, last_cb],
-                              on_stop=lambda p, s: writer.emit("checkpoint", path=str(p), step=s))
-        progress_cb = ProgressStream(writer, every_s=cfg.progress_every_s, stopping=lambda: stop_cb.stopped, start_info={
-            "config": cfg.config, "data": data_info, "precision": precision, "accelerator": accel,
-            "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
+        self.module = SegmentationModule(model, hparams, param_groups_fn=param_groups_fn)
+        callbacks = [*self._callbacks(), *extra_callbacks, self.best_cb, self.last_cb]
         show_bar = cfg.progress_bar and sys.stderr.isatty()
-        trainer = pl.Trainer(
-            accelerator=accel, devices=devices, num_nodes=nodes,
-            strategy=cfg.strategy if cfg.strategy != "auto" or world == 1 else "ddp",
-            precision=precision, sync_batchnorm=sync_bn, max_epochs=cfg.epochs,
-            max_steps=cfg.max_steps or -1,
-            limit_train_batches=cfg.limit_train_batches, limit_val_batches=cfg.limit_val_batches,
-            check_val_every_n_epoch=cfg.val_every, num_sanity_val_steps=0,
-            use_distributed_sampler=False, deterministic=cfg.deterministic,
-            callbacks=[progress_cb, stop_cb, *callbacks, ckpt_cb, last_cb],
-            plugins=[AtomicCheckpointIO()], logger=CSVLogger(str(cfg.out_dir), name="logs"),
-            log_every_n_steps=10, enable_progress_bar=show_bar, enable_model_summary=show_bar,
+        self.trainer = pl.Trainer(
+            accelerator=self.accel, devices=self.devices, num_nodes=self.nodes,
+            strategy=cfg.strategy if cfg.strategy != "auto" or self.world == 1 else "ddp",
+            precision=self.precision, sync_batchnorm=self.sync_bn, max_epochs=cfg.epochs,
+            max_steps=cfg.max_steps or -1, limit_train_batches=cfg.limit_train_batches,
+            limit_val_batches=cfg.limit_val_batches, check_val_every_n_epoch=cfg.val_every,
+            num_sanity_val_steps=0, use_distributed_sampler=False,  # our samplers shard
+            deterministic=cfg.deterministic, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+            logger=CSVLogger(str(cfg.out_dir), name="logs"), log_every_n_steps=10,
+            enable_progress_bar=show_bar, enable_model_summary=show_bar,
             default_root_dir=str(cfg.out_dir))
         with warnings.catch_warnings():
-            # We run our own samplers and resumable loaders on purpose.
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before.*")
-            warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-            warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", message=".*treespec.*")
-            trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None,
-                        **_weights_only_kwarg(trainer))
-    except VMambaXError as exc:
-        writer.emit("error", message=str(exc))
-        writer.close()
-        raise
-    except BaseException as exc:
-        writer.emit("error", message=f"{type(exc).__name__}: {exc}")
-        writer.close()
-        raise
+            # Our samplers/loaders are resumable and sharded on purpose; these do not apply.
+            for message in (".*does not have many workers.*", ".*resuming from a checkpoint that ended before.*",
+                            ".*Checkpoint directory .* exists and is not empty.*",
+                            ".*is smaller than the logging interval.*", ".*treespec.*"):
+                warnings.filterwarnings("ignore", message=message)
+            self.trainer.fit(self.module, datamodule=dm, ckpt_path=str(resume) if resume else None,
+                             **_weights_only_kwarg(self.trainer))
 
-    status = "stopped" if stop_cb.stopped else "done"
-    # Epochs fully trained (Lightning counts the interrupted one as ended too).
-    epochs_done = int(stop_cb.epoch) if stop_cb.stopped else int(trainer.current_epoch)
-    best = ckpt_cb.best_model_path or None
-    best_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
-    if best and ckpt_cb.best_model_score is not None:
-        best_metrics["best_val_dice"] = float(ckpt_cb.best_model_score)
-    model_file = None
-    if trainer.is_global_zero:
-        metadata = {
-            "status": status, "epochs_completed": epochs_done, "global_step": int(trainer.global_step),
-            "best_checkpoint": Path(best).name if best else None,
-            "best_val_dice": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
-            "recipe": {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS},
-            "data": data_info, "precision": precision, "accelerator": accel, "world_size": int(trainer.world_size),
-        }
-        export_model = _fresh_model(cfg, module.model)
-        model_file = export_model_file(cfg.model_file, export_model, config_name=cfg.config,
-                                       checkpoint=best, metadata=metadata, image_size=size)
-        writer.emit(status, epochs_completed=epochs_done, step=int(trainer.global_step),
-                    model_file=str(model_file), best_checkpoint=best, last_checkpoint=str(cfg.last_checkpoint),
-                    reason=stop_cb.reason, best_val_dice=metadata["best_val_dice"])
-    writer.close()
-    return TrainResult(status=status, run_dir=cfg.out_dir, model_file=model_file,
-                       last_checkpoint=cfg.last_checkpoint if cfg.last_checkpoint.exists() else None,
-                       best_checkpoint=Path(best) if best else None, epoch=epochs_done,
-                       global_step=int(trainer.global_step), best_metrics=best_metrics)
+    def finish(self) -> TrainResult:
+        """Export the model file (rank 0) and report done/stopped."""
+        import copy
 
+        from vmambax.train.export import export_model_file
 
-def _fresh_model(cfg: TrainConfig, trained):
-    """A CPU copy of the trained network to export into (the trained one stays untouched)."""
-    import copy
-
-    return copy.deepcopy(trained).cpu()
+        cfg, trainer, stop = self.cfg, self.trainer, self.stop_cb
+        status = "stopped" if stop.stopped else "done"
+        # Epochs fully trained (Lightning counts the interrupted one as ended too).
+        epochs_done = int(stop.epoch) if stop.stopped else int(trainer.current_epoch)
+        best = self.best_cb.best_model_path or None
+        score = self.best_cb.best_model_score
+        best_val = float(score) if score is not None else None
+        best_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
+        if best_val is not None:
+            best_metrics["best_val_dice"] = best_val
+        model_file = None
+        if trainer.is_global_zero:
+            metadata = {
+                "status": status, "epochs_completed": epochs_done, "global_step": int(trainer.global_step),
+                "best_checkpoint": Path(best).name if best else None, "best_val_dice": best_val,
+                "recipe": {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS},
+                "data": self.data_info, "precision": self.precision, "accelerator": self.accel,
+                "world_size": int(trainer.world_size),
+            }
+            # Into a CPU copy (the trained module stays as it is), from the best checkpoint when
+            # there is one (else the current weights, e.g. stopped before the first validation).
+            model_file = export_model_file(cfg.model_file, copy.deepcopy(self.module.model).cpu(),
+                                           config_name=cfg.config, checkpoint=best,
+                                           metadata=metadata, image_size=self.size)
+            self.writer.emit(status, epochs_completed=epochs_done, step=int(trainer.global_step),
+                             model_file=str(model_file), best_checkpoint=best,
+                             last_checkpoint=str(cfg.last_checkpoint), reason=stop.reason,
+                             best_val_dice=best_val)
+        return TrainResult(status=status, run_dir=cfg.out_dir, model_file=model_file,
+                           last_checkpoint=cfg.last_checkpoint if cfg.last_checkpoint.exists() else None,
+                           best_checkpoint=Path(best) if best else None, epoch=epochs_done,
+                           global_step=int(trainer.global_step), best_metrics=best_metrics)
 
 
 def _weights_only_kwarg(trainer) -> dict:
-    import inspect
+    import inspect  # Lightning >= 2.4 takes weights_only; older ones load with torch's default
 
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
