@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     p.add_argument("--segment", type=int, help="chunked: steps per segment (default: per device)")
     p.add_argument("--chunk", type=int, help="chunked: steps per chunk inside a segment (default: per device)")
+    p.add_argument("--profile", action="store_true",
+                   help="also print each backend's top operators (torch.profiler, one forward call)")
     p.add_argument("--json", dest="json_path", help="also write the results to this JSON file")
     p.set_defaults(func=run)
 
@@ -92,7 +94,8 @@ def run(args) -> int:
         raise ConfigError("--dtype float16 is for CUDA; on CPU use float32, float64 or bfloat16.")
 
     spec = {k: getattr(args, k) for k in ("batch", "dim", "state", "length", "groups", "dtype",
-                                          "repeats", "backward", "threads", "segment", "chunk")}
+                                          "repeats", "backward", "threads", "segment", "chunk",
+                                          "profile")}
     spec["device"] = str(device)
     load_before = _loadavg()
     results = {}
@@ -118,6 +121,9 @@ def run(args) -> int:
         "results": results,
     }
     _print_table(report)
+    for name, res in results.items():
+        if "profile" in res:
+            print(f"\n{name}: one forward call under torch.profiler\n{res['profile']}")
     if args.json_path:
         from vmambax.utils import atomic_path
 
@@ -328,6 +334,17 @@ def _worker(spec: dict) -> dict:
             fwd_bwd()
         result["peak_fwd_bwd_mb"] = mem.peak_mb
         result["fwd_bwd_ms"] = [timed(fwd_bwd) for _ in range(spec["repeats"])]
+
+    if spec.get("profile"):
+        from torch.profiler import ProfilerActivity, profile
+
+        cuda = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch.no_grad(), profile(activities=activities) as prof:
+            scan(**x)
+            sync()
+        result["profile"] = prof.key_averages().table(
+            sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=12)
     return result
 
 
