@@ -21,9 +21,11 @@ TRAIN_CASES=${TRAIN_CASES:-24}      # phantom seeds 1000.. (case i: seed 1000+i)
 TEST_CASES=${TEST_CASES:-6}         # phantom seeds 9000.. (held out)
 PHANTOM_SIZE=${PHANTOM_SIZE:-512}   # CT matrix of the phantoms
 TEST_SLICES=${TEST_SLICES:-}        # CT slices of the held-out phantoms (default: the generator's)
-IMAGE_SIZE=${IMAGE_SIZE:-128}       # network slice size (the model file records it)
-EPOCHS=${EPOCHS:-6}
-BATCHES=${BATCHES:-20}              # training batches per epoch
+IMAGE_SIZE=${IMAGE_SIZE:-256}       # network slice size (the model file records it)
+CROP=${CROP:-128}                   # training crops (tumour-centred half of the time)
+NEGATIVES=${NEGATIVES:-0.5}         # tumour-free training slices per tumour slice
+EPOCHS=${EPOCHS:-12}
+BATCHES=${BATCHES:-50}              # training batches per epoch
 VAL_BATCHES=${VAL_BATCHES:-8}
 BATCH=${BATCH:-4}
 LR=${LR:-1e-3}
@@ -42,7 +44,7 @@ if [ ! -f "$WORK/run/model.pt" ] || [ -f "$WORK/run/checkpoints/last.ckpt" -a ! 
     resume=()
     [ -f "$WORK/run/checkpoints/last.ckpt" ] && resume=(--resume)
     vmambax train --data "$WORK/train-cases" --config vmambax-nano --out "$WORK/run" \
-        --image-size "$IMAGE_SIZE" --epochs "$EPOCHS" --limit-train-batches "$BATCHES" \
+        --image-size "$IMAGE_SIZE" --crop-size "$CROP" --negatives-per-positive "$NEGATIVES" --epochs "$EPOCHS" --limit-train-batches "$BATCHES" \
         --limit-val-batches "$VAL_BATCHES" --batch-size "$BATCH" --lr "$LR" \
         --warmup-epochs "$WARMUP" --accelerator "$ACCELERATOR" --num-workers "$WORKERS" \
         --no-progress-bar "${resume[@]}"

@@ -1,6 +1,6 @@
 """``vmambax bench infer``: inference speed (slices/s), peak memory, fp32-vs-optimised parity.
 
-Runs the Segmenter's own batch loop (``Segmenter._predict_slices``) on synthetic slices, so the
+Runs the Segmenter's own batch loop (``Segmenter.predict_slices``) on synthetic slices, so the
 numbers include host->device transfer, normalisation, autocast and the sigmoid exactly as a real
 segmentation does. On CUDA it first runs fp32 eager (the reference), then the optimised settings
 (bf16 autocast, channels-last, torch.compile) and reports the parity of the two; with
@@ -71,17 +71,18 @@ def _peak_memory_mib(device) -> tuple[float, str]:
     return rss_kib / 1024, "process peak RSS"
 
 
-def _time_slices(seg, ct, pet, warmup: int) -> tuple[float, "numpy.ndarray"]:
+def _time_slices(seg, ct, pet, warmup: int):
+    """Warm up, then time ``seg.predict_slices`` over all slices -> (seconds, probabilities)."""
     import torch
 
     bs = seg.batch_size
     if warmup:
-        seg._predict_slices(ct[: bs * warmup], pet[: bs * warmup])
+        seg.predict_slices(ct[: bs * warmup], pet[: bs * warmup])
     if seg.device.type == "cuda":
         torch.cuda.synchronize(seg.device)
         torch.cuda.reset_peak_memory_stats(seg.device)
     t = time.perf_counter()
-    prob = seg._predict_slices(ct, pet)
+    prob = seg.predict_slices(ct, pet)
     if seg.device.type == "cuda":
         torch.cuda.synchronize(seg.device)
     return time.perf_counter() - t, prob

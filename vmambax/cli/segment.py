@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+MAX_TABLE_ROWS = 20  # lesions are sorted by MTV; the report has all of them
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -49,9 +51,13 @@ def progress_bar(quiet: bool):
     """A tqdm bar on a terminal; silent otherwise (logs stay clean). Returns (callback, close)."""
     if quiet or not sys.stderr.isatty():
         return None, lambda: None
+    import shutil
+
     from tqdm import tqdm
 
-    bar = tqdm(total=100, unit="%", file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}")
+    width = shutil.get_terminal_size((100, 24)).columns or 100  # 0 on some pseudo-terminals
+    bar = tqdm(total=100, unit="%", file=sys.stderr, ncols=min(width, 110),
+               bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}")
 
     def update(fraction: float, message: str) -> None:
         bar.set_description_str(message[:48].ljust(48))
@@ -69,11 +75,14 @@ def print_summary(result, outputs: dict, file=None) -> None:
     if result.lesions:
         print(f"{'lesion':>6} {'voxels':>8} {'MTV mL':>8} {'SUVmax':>7} {'SUVmean':>7} "
               f"{'SUVpeak':>7} {'TLG':>8}", file=file)
-        for les in result.lesions:
+        for les in result.lesions[:MAX_TABLE_ROWS]:
             peak = les.get("suv_peak")
             print(f"{les['id']:>6} {les['voxels']:>8} {les['mtv_ml']:>8.2f} {les['suv_max']:>7.2f} "
                   f"{les['suv_mean']:>7.2f} {peak if peak is None else format(peak, '7.2f'):>7} "
                   f"{les['tlg']:>8.2f}", file=file)
+        if len(result.lesions) > MAX_TABLE_ROWS:
+            print(f"{'...':>6} {len(result.lesions) - MAX_TABLE_ROWS} smaller lesion(s) not shown "
+                  f"(all are in the --report JSON)", file=file)
         t = result.totals
         print(f"{'total':>6} {t.get('voxels', ''):>8} {t.get('mtv_ml', 0):>8.2f} "
               f"{t.get('suv_max', 0):>7.2f} {'':>7} {'':>7} {t.get('tlg', 0):>8.2f}", file=file)

@@ -58,6 +58,8 @@ def register(subparsers) -> None:
                    "128, pixel scale kept); default: whole slices")
     r.add_argument("--image-size", type=int, help="slice size when exporting volume cases "
                    "(multiple of 128; default 512, the papers'; 256 is ~4x faster on CPU)")
+    r.add_argument("--negatives-per-positive", type=float, metavar="R", help="volume cases: "
+                   "tumour-free slices exported per tumour slice (default 1)")
     r.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                    help="turn off the paper's geometric augmentation")
     r.add_argument("--seed", type=int, help="default 42")
@@ -92,7 +94,7 @@ def register(subparsers) -> None:
 
 
 OPTION_FIELDS = ("data", "config", "epochs", "batch_size", "lr", "weight_decay", "warmup_epochs",
-                 "crop_size", "image_size", "augment", "seed", "val_every", "val_fraction", "pretrained_encoder",
+                 "crop_size", "image_size", "negatives_per_positive", "augment", "seed", "val_every", "val_fraction", "pretrained_encoder",
                  "accelerator", "devices", "nodes", "strategy", "precision", "num_workers",
                  "deterministic", "max_steps", "limit_train_batches", "limit_val_batches",
                  "progress_file", "progress_stdout", "stop_file", "progress_bar", "stop_after_steps")

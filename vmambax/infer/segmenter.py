@@ -286,6 +286,12 @@ class Segmenter:
             amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
             n_slices=int(ct_u8.shape[0]))
 
+    def predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray) -> np.ndarray:
+        """Probabilities for preprocessed uint8 ``(z, S, S)`` stacks (benchmarks, PCLT20K PNGs),
+        with this Segmenter's thread count, batching and out-of-memory back-off."""
+        with devices.cpu_threads(self.threads):
+            return self._predict_slices(ct_u8, pet_u8)
+
     def _predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray,
                         start: float = 0.0, stop: float = 1.0) -> np.ndarray:
         """Sigmoid probabilities ``(z, S, S)`` for uint8 slice stacks, batch by batch.

@@ -45,6 +45,8 @@ class TrainConfig:
     # Slice size when volume cases are exported for training (the papers' 512 by default; 256
     # trains and segments ~4x faster on CPU). The model file records it for inference.
     image_size: int | None = None
+    # Tumour-free slices exported per tumour slice from volume cases (the exporter's default 1).
+    negatives_per_positive: float = 1.0
 
     val_every: int = 1
     val_batch_size: int | None = None  # None = batch_size
@@ -142,6 +144,8 @@ class TrainConfig:
                  f"got {self.image_size!r}.")
             need(self.crop_size is None or self.crop_size <= self.image_size,
                  f"--crop-size {self.crop_size} is larger than --image-size {self.image_size}.")
+        need(self.negatives_per_positive >= 0,
+             f"--negatives-per-positive must be >= 0 (got {self.negatives_per_positive!r}).")
         need(self.precision in PRECISIONS,
              f"--precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r}).")
         need(self.accelerator in ("auto", "cpu", "gpu", "cuda", "mps"),

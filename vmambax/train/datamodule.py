@@ -40,7 +40,8 @@ def check_data_path(data: str | Path) -> Path:
 
 def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: float = 0.1,
                       seed: int = 42, export: bool = True, wait_s: float = 3600.0,
-                      image_size: int | None = None) -> tuple[Path, str]:
+                      image_size: int | None = None,
+                      negatives_per_positive: float = 1.0) -> tuple[Path, str]:
     """Return (PCLT root to train on, kind) where kind is "pclt" or "volumes".
 
     Volume case folders are exported to ``run_dir/data`` (atomically, by the exporter) the first
@@ -71,7 +72,8 @@ def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: fl
     from vmambax.data.preprocess import IMAGE_SIZE
 
     pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed,
-                                    size=image_size or IMAGE_SIZE)
+                                    size=image_size or IMAGE_SIZE,
+                                    negatives_per_positive=negatives_per_positive)
     return exported, "volumes"
 
 

@@ -24,7 +24,7 @@ from vmambax.train.config import TrainConfig
 
 #: Options that define a run: a resumed run must keep them, or its schedule would change.
 RECIPE_FIELDS = ("config", "config_overrides", "epochs", "batch_size", "lr", "weight_decay", "betas",
-                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "image_size", "seed", "max_steps",
+                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "image_size", "negatives_per_positive", "seed", "max_steps",
                  "limit_train_batches", "val_fraction")
 HPARAMS_KEY = "train_config"
 
@@ -240,7 +240,8 @@ class _Run:
 
         cfg = self.cfg
         root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                       export=self.rank == 0, image_size=cfg.image_size)
+                                       export=self.rank == 0, image_size=cfg.image_size,
+                                       negatives_per_positive=cfg.negatives_per_positive)
         train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
         self.size = slice_size(train_src)
         if cfg.crop_size is not None and cfg.crop_size > self.size:
