@@ -187,3 +187,37 @@ def test_model_file_with_other_preprocessing_is_refused(tmp_path):
     seg = Segmenter(str(path), device="cpu")
     assert seg.image_size == 128 and seg.threshold == 0.4
     assert seg.model_info["config"] == "vmambax-nano" and len(seg.model_info["sha256"]) == 64
+
+
+def test_static_shape_padding_for_compiled_models_keeps_results():
+    """With torch.compile the last batch is padded to the full batch size (no recompiles);
+    the padding must not change the real slices' outputs."""
+    ct, pet = _volume(z=7)
+    calls = []
+
+    class Recording(HotSpotNet):
+        def forward(self, ct, pet):
+            calls.append(ct.shape[0])
+            return super().forward(ct, pet)
+
+    plain = Segmenter(HotSpotNet(), device="cpu", batch_size=3, image_size=64).segment_arrays(ct, pet)
+    seg = Segmenter(Recording(), device="cpu", batch_size=3, image_size=64)
+    seg.compiled = True  # what compile=True sets (compiling itself needs a C++ toolchain)
+    padded = seg.segment_arrays(ct, pet)
+    assert calls == [3, 3, 3]
+    assert np.array_equal(sitk.GetArrayFromImage(plain.label), sitk.GetArrayFromImage(padded.label))
+
+
+def test_bf16_autocast_path_runs_and_stays_close_to_fp32():
+    """The CUDA default (bf16 autocast) exercised on the CPU: same masks up to rounding."""
+    from vmambax.model import build_model
+
+    net = build_model("vmambax-nano").eval()
+    ct, pet = _volume(z=1, y=128, x=128)
+    fp32, bf16 = (Segmenter(net, device="cpu", amp=amp, image_size=128, threads=1,
+                            keep_probability=True).segment_arrays(ct, pet) for amp in (False, True))
+    assert fp32.amp is None and bf16.amp == "bfloat16"
+    p32, p16 = (sitk.GetArrayFromImage(r.probability) for r in (fp32, bf16))
+    assert np.abs(p32 - p16).max() < 0.05
+    disagree = (p32 > 0.5) != (p16 > 0.5)
+    assert disagree.mean() < 0.01

@@ -134,7 +134,8 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
 
     t = time.perf_counter()
     stages(0.0, "Loading the model")
-    if segmenter is None:
+    own_segmenter = segmenter is None
+    if own_segmenter:
         segmenter = Segmenter(model, device=device, batch_size=batch_size, amp=amp,
                               threads=threads, compile=compile, cancel=cancel)
     t_model = time.perf_counter() - t
@@ -158,7 +159,8 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
         from vmambax.infer.preview import render_preview
 
         png = render_preview(case.ct, case.pet_suv, result.label, result.lesions,
-                             title=f"VMambaX - {ct_path.name} - model {result.model_name}")
+                             title=f"VMambaX - CT {'/'.join(ct_path.resolve().parts[-3:])} - "
+                                   f"model {result.model_name}")
     report_data = build_report(
         result,
         inputs={"ct": image_summary(case.ct, str(ct_path)),
@@ -167,7 +169,8 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
         outputs={"label": str(plan.label), "label_format": "DICOM SEG" if plan.dicom_seg
                  else label_suffix(plan.label), "report": str(plan.report) if plan.report else None,
                  "preview": str(plan.preview) if plan.preview else None},
-        timings={"model_load": round(t_model, 4), "load": round(t_load, 4), "write": 0.0})
+        timings={**({"model_load": round(t_model, 4)} if own_segmenter else {}),
+                 "load": round(t_load, 4), "write": 0.0})
     _write_all(plan, result, case, png, report_data, report_json, t, t_all)
     stages(1.0, f"Done: {len(result.lesions)} lesion(s)")
     return result, report_data
