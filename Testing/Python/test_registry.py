@@ -167,3 +167,10 @@ def test_models_cli_list_and_add(dirs, tmp_path, capsys):
     assert "demo-net" in out and "MISSING" in out and "*" in out
     assert main(["models", "add", "x", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["models", "verify"]) == 2  # the shipped file is missing
+    captured = capsys.readouterr()
+    assert "demo-net: FAILED" in captured.out and "failed verification" in captured.err
+    (dirs / "d.pt").write_bytes(b"x")
+    _write_registry(dirs, [{"name": "demo-net", "file": "d.pt", "config": "vmambax-nano",
+                            "sha256": hashlib.sha256(b"x").hexdigest(), "default": True}])
+    assert main(["models", "verify"]) == 0 and "demo-net: OK" in capsys.readouterr().out

@@ -66,14 +66,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{args.name}: {path}")
         return 0
     if action == "verify":
-        entries = [registry.get_model(args.name)] if args.name else [
-            e for e in registry.list_models() if e.local_path().is_file()]
+        from vmambax.errors import ModelFileError, VMambaXError
+
+        entries = [registry.get_model(args.name)] if args.name else registry.list_models()
+        failed = []
         for entry in entries:
             if entry.url and not entry.local_path().is_file():
-                print(f"{entry.name}: remote, not downloaded yet (`vmambax models download {entry.name}`)")
+                print(f"{entry.name}: remote, not downloaded yet "
+                      f"(`vmambax models download {entry.name}`)")
                 continue
-            path, _ = registry.resolve_model(entry.name)  # raises ModelFileError on a mismatch
-            print(f"{entry.name}: OK ({path})")
+            try:
+                path, _ = registry.resolve_model(entry.name)  # checks the SHA-256
+            except VMambaXError as exc:
+                print(f"{entry.name}: FAILED: {exc}")
+                failed.append(entry.name)
+            else:
+                print(f"{entry.name}: OK ({path})")
+        if failed:
+            raise ModelFileError(f"{len(failed)} model(s) failed verification: {', '.join(failed)}")
         return 0
     raise AssertionError(action)
 

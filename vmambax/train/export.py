@@ -25,14 +25,22 @@ def preprocessing_parameters(image_size: int | None = None) -> dict[str, Any]:
 
 
 def git_commit() -> str | None:
-    """The source checkout's commit, when VMambaX runs from a git checkout (else None)."""
+    """The source checkout's commit (+ "-dirty" with uncommitted changes to vmambax/), when
+    VMambaX runs from a git checkout; else None."""
     root = Path(vmambax.__file__).resolve().parent.parent
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
+
+    def git(*args) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return commit + ("-dirty" if git("status", "--porcelain", "--", "vmambax") else "")
 
 
 def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
