@@ -9,7 +9,7 @@
 # re-run after an interruption. Settings (environment variables) default to the shipped recipe;
 # the card records the exact values. On a CUDA machine add ACCELERATOR=gpu and e.g. more steps.
 #
-#   bash scripts/train_demo_model.sh                   # CPU: ~1-2 h on 2 shared cores
+#   bash scripts/train_demo_model.sh                   # CPU: ~35 min on 2 shared cores
 #   WORK=/tmp/demo TRAIN_CASES=4 TEST_CASES=2 PHANTOM_SIZE=128 EPOCHS=1 BATCHES=2 \
 #       bash scripts/train_demo_model.sh             # a smoke run of the pipeline
 set -euo pipefail
@@ -24,7 +24,7 @@ TEST_SLICES=${TEST_SLICES:-}        # CT slices of the held-out phantoms (defaul
 IMAGE_SIZE=${IMAGE_SIZE:-256}       # network slice size (the model file records it)
 CROP=${CROP:-128}                   # training crops (tumour-centred half of the time)
 NEGATIVES=${NEGATIVES:-0.5}         # tumour-free training slices per tumour slice
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-24}
 BATCHES=${BATCHES:-50}              # training batches per epoch
 VAL_BATCHES=${VAL_BATCHES:-8}
 BATCH=${BATCH:-4}
