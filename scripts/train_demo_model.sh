@@ -10,8 +10,9 @@
 # the card records the exact values. On a CUDA machine add ACCELERATOR=gpu and e.g. more steps.
 #
 #   bash scripts/train_demo_model.sh                   # CPU: ~35 min on 2 shared cores
-#   WORK=/tmp/demo TRAIN_CASES=4 TEST_CASES=2 PHANTOM_SIZE=128 EPOCHS=1 BATCHES=2 \
-#       bash scripts/train_demo_model.sh             # a smoke run of the pipeline
+#   WORK=/tmp/demo TRAIN_CASES=3 TEST_CASES=1 TEST_SLICES=8 PHANTOM_SIZE=128 EPOCHS=1 \
+#       WARMUP=0 BATCHES=2 VAL_BATCHES=1 DEST=/tmp/demo/model.pt \
+#       bash scripts/train_demo_model.sh             # a ~1 min smoke run of the pipeline
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -f .venv/bin/activate ] && . .venv/bin/activate

@@ -121,6 +121,7 @@ class ProgressStream(Callback):
         self._step0 = 0
         self._losses: list[float] = []
         self._last_emit_step = 0
+        self._lr: float | None = None
         self.best: float | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -144,6 +145,10 @@ class ProgressStream(Callback):
         per_step = (time.monotonic() - self._t0) / done
         return max(self._total(trainer) - trainer.global_step, 0) * per_step
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The lr this step uses (the scheduler steps after the optimiser).
+        self._lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
@@ -154,13 +159,12 @@ class ProgressStream(Callback):
                           and trainer.global_step != self._total(trainer)):
             return
         images = steps * _batch_size(batch) * trainer.world_size
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
         self.writer.emit(
             "step", epoch=trainer.current_epoch, step=trainer.global_step,
             total_steps=self._total(trainer), batch=batch_idx + 1,
             batches_per_epoch=trainer.num_training_batches,
             loss=_finite(sum(self._losses) / len(self._losses)) if self._losses else None,
-            lr=lr, images_per_s=round(images / max(now - self._last_emit, 1e-9), 3),
+            lr=self._lr, images_per_s=round(images / max(now - self._last_emit, 1e-9), 3),
             eta_s=_round(self.eta_s(trainer)))
         self._losses.clear()
         self._last_emit, self._last_emit_step = now, trainer.global_step
@@ -169,11 +173,11 @@ class ProgressStream(Callback):
         if self.stopping():
             return  # an interrupted epoch; the runner reports "stopped"
         m = trainer.callback_metrics
-        rec = {k: _finite(float(m[k])) for k in ("val_dice", "val_iou", "val_dice_macro",
-                                                  "val_iou_macro", "val_balanced_acc") if k in m}
-        ran_val = bool(rec) and getattr(pl_module, "last_val", None)
-        if ran_val and rec.get("val_dice") is not None:
-            self.best = rec["val_dice"] if self.best is None else max(self.best, rec["val_dice"])
+        rec: dict[str, Any] = {}
+        if getattr(pl_module, "last_val_epoch", None) == trainer.current_epoch:  # validated now
+            rec = {k: _finite(v) for k, v in pl_module.last_val.items() if k != "val_images"}
+            if rec.get("val_dice") is not None:
+                self.best = rec["val_dice"] if self.best is None else max(self.best, rec["val_dice"])
         if "train_loss_epoch" in m:
             rec["train_loss"] = _finite(float(m["train_loss_epoch"]))
         self.writer.emit("epoch", epoch=trainer.current_epoch, step=trainer.global_step,

@@ -41,6 +41,7 @@ class SegmentationModule(pl.LightningModule):
         self.batches_done = 0  # training batches finished in the current epoch (for resume)
         self.resume_position: dict[str, int] | None = None
         self.last_val: dict[str, float] = {}
+        self.last_val_epoch: int | None = None
 
     def forward(self, ct: torch.Tensor, pet: torch.Tensor) -> torch.Tensor:
         return self.model(ct, pet)
@@ -97,7 +98,7 @@ class SegmentationModule(pl.LightningModule):
         strategy = self.trainer.strategy
         # Every rank must call the collective, also one that saw no validation image.
         metrics = self.val_counts.compute(lambda t: strategy.reduce(t.to(self.device), reduce_op="sum"))
-        self.last_val = metrics
+        self.last_val, self.last_val_epoch = metrics, self.current_epoch
         if not self.trainer.sanity_checking:
             # Identical on every rank after the reduction; sync_dist only keeps Lightning quiet.
             for k, v in metrics.items():

@@ -217,13 +217,28 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         writer.emit("error", message="interrupted")
         raise
     except VMambaXError as exc:
-        writer.emit("error", message=str(exc))
-        raise
+        clean = _without_worker_traceback(exc)
+        writer.emit("error", message=str(clean))
+        if clean is exc:
+            raise
+        raise clean from None
     except BaseException as exc:
         writer.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         writer.close()
+
+
+def _without_worker_traceback(exc: VMambaXError) -> VMambaXError:
+    """A user error raised in a DataLoader worker reaches us with the worker's traceback in its
+    message ("Caught InputError in DataLoader worker ... Original Traceback ..."); keep only the
+    original message, which names the problem and the fix."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return exc
+    last = text.strip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+    return type(exc)(last[len(prefix):] if last.startswith(prefix) else last)
 
 
 class _Run:
