@@ -1,10 +1,11 @@
-"""Small shared helpers: atomic file writes and the user's VMambaX folder."""
+"""Small shared helpers: atomic file writes, the user's VMambaX folder, OpenMP wait policy."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -60,3 +61,18 @@ def user_dir() -> Path:
     """Per-user VMambaX folder (model cache, registered models). Override with VMAMBAX_HOME."""
     root = os.environ.get("VMAMBAX_HOME")
     return Path(root) if root else Path.home() / ".vmambax"
+
+
+def prefer_passive_wait() -> bool:
+    """Ask OpenMP for passive waiting (``OMP_WAIT_POLICY=PASSIVE``) unless the user set it.
+
+    PyTorch's idle CPU threads spin-wait by default; on shared cores (CI runners, shared
+    servers, a busy laptop) they steal the CPU from the threads doing the work: on the 2-core
+    build machine the nano model ran 6x slower with 2 threads than with passive waiting
+    (docs/benchmarks.md, Inference). It only applies before torch is first imported, so the
+    command line calls it first thing; inside 3D Slicer torch is already loaded, and there the
+    Segmenter's thread count (idle CPUs) avoids oversubscription. True if passive waiting is on.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"

@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vmambax.utils.prefer_passive_wait
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -163,9 +163,6 @@ def benchmark(config: str = "vmambax-nano", model_file: str | None = None, size:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmambax.infer.openmp import prefer_passive_wait
-
-    prefer_passive_wait()  # before torch loads: no spin-waiting on shared cores
     if args.slices < 1 or args.size < 1:
         from vmambax.errors import ConfigError
 

@@ -13,6 +13,7 @@ import sys
 
 from vmambax import __version__
 from vmambax.errors import VMambaXError
+from vmambax.utils import prefer_passive_wait
 
 # Sub-command modules, in the order ``vmambax --help`` lists them.
 COMMAND_MODULES = (
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_passive_wait()  # before any command imports torch: no spin-waiting on shared cores
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -37,9 +37,6 @@ def _dice(a, b) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmambax.infer.openmp import prefer_passive_wait
-
-    prefer_passive_wait()  # before torch loads: no spin-waiting on shared cores
     import SimpleITK as sitk
 
     from vmambax import baselines

@@ -94,9 +94,6 @@ def print_summary(result, outputs: dict, file=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmambax.infer.openmp import prefer_passive_wait
-
-    prefer_passive_wait()  # before torch loads: no spin-waiting on shared cores
     from vmambax.infer.pipeline import segment_files
 
     update, close = progress_bar(args.quiet)
