@@ -12,6 +12,8 @@ import json
 import statistics
 import time
 
+from vmambax.bench import set_threads
+
 
 def register(subparsers) -> None:
     """Add ``forward`` to the ``vmambax bench`` sub-commands."""
@@ -74,14 +76,7 @@ def bench_forward(config: str = "vmambax", size: int = 512, batch: int = 1, repe
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vmambax.errors import ConfigError
-
-    if args.threads:
-        if args.threads < 1:
-            raise ConfigError("--threads must be at least 1.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     r = bench_forward(args.config, args.size, args.batch, args.repeats, args.warmup, args.device, args.amp)
     if args.json:
         print(json.dumps(r, indent=2))

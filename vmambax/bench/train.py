@@ -14,6 +14,8 @@ import json
 import statistics
 import time
 
+from vmambax.bench import set_threads
+
 
 def register(subparsers) -> None:
     """Add ``train`` to the ``vmambax bench`` sub-commands."""
@@ -111,14 +113,7 @@ def bench_train(config: str = "vmambax-nano", size: int = 512, batch: int = 2, s
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from vmambax.errors import ConfigError
-
-    if args.threads:
-        if args.threads < 1:
-            raise ConfigError("--threads must be at least 1.")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     r = bench_train(args.config, args.size, args.batch, args.steps, args.warmup, args.device, args.precision)
     if args.json:
         print(json.dumps(r, indent=2))

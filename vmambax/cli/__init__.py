@@ -37,15 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vmambax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"vmambax.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"vmambax.cli.{name}":
-                continue  # command not built yet in this checkout
-            raise
-        module.register(sub)
+    register_modules(sub, [f"vmambax.cli.{name}" for name in COMMAND_MODULES])
     return parser
+
+
+def register_modules(subparsers, module_names) -> None:
+    """Import each module and let it add its sub-command (``module.register(subparsers)``)."""
+    for name in module_names:
+        importlib.import_module(name).register(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,15 +1,16 @@
 """``vmambax bench <name>``: speed and memory benchmarks; their figures go into docs/benchmarks.md.
 
-Each benchmark lives in ``vmambax.bench.<name>`` and exposes ``register(subparsers)`` (the same
+Each benchmark module (``vmambax.bench.<name>``, and ``vmambax.data.benchmark`` for ``data``) exposes ``register(subparsers)`` (the same
 pattern as the top-level command), which adds its parser and sets ``func``.
 """
 
 from __future__ import annotations
 
-import importlib
+from vmambax.cli import register_modules
 
-# Benchmarks, in the order ``vmambax bench --help`` lists them.
-BENCH_MODULES = ("scan", "forward", "train", "infer")
+# Benchmark modules, in the order ``vmambax bench --help`` lists them.
+BENCH_MODULES = ("vmambax.bench.scan", "vmambax.bench.forward", "vmambax.bench.train",
+                 "vmambax.bench.infer", "vmambax.data.benchmark")
 
 
 def register(subparsers) -> None:
@@ -18,14 +19,7 @@ def register(subparsers) -> None:
         description="Speed and memory benchmarks. Record results in docs/benchmarks.md with the "
                     "command, machine and date.")
     sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(f"vmambax.bench.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"vmambax.bench.{name}":
-                continue  # benchmark not built yet in this checkout
-            raise
-        module.register(sub)
+    register_modules(sub, BENCH_MODULES)
 
     def usage(args) -> int:
         parser.print_help()
