@@ -158,6 +158,40 @@ def test_gradcheck_float64(segment, chunk, g):
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("grain", [None, 1])  # 1: the many-states path that keeps all threads
+def test_cpu_forward_windows_and_blocks_match_the_oracle(monkeypatch, grain):
+    """Force several time-major blocks (20 steps) and state windows (8 steps) that do not divide
+    the sequence or the 30-step segments: values and gradients still equal the oracle."""
+    chunked = importlib.import_module("vmambax.ops.chunked")
+    b, d, n, length, g = 2, 8, 4, 77, 4
+    monkeypatch.setattr(chunked, "_CPU_WINDOW", 1)  # -> the minimum window of 8 steps
+    monkeypatch.setattr(chunked, "_CPU_BLOCK", 20 * b * d)  # -> blocks of 20 steps
+    if grain is not None:
+        monkeypatch.setattr(chunked, "_GRAIN", grain)
+    x = make_inputs(b, d, n, length, g)
+    gy = torch.randn(b, d, length, dtype=torch.float64)
+    ref = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+    y_ref = sequential_selective_scan(**ref, delta_softplus=True)
+    y_ref.backward(gy)
+    leaves = {k: v.detach().float().requires_grad_() for k, v in x.items()}
+    y = chunked_selective_scan(**leaves, delta_softplus=True, segment=30)
+    assert_matches_oracle(y.detach(), y_ref.detach())
+    y.backward(gy.float())
+    for name in x:
+        assert rel_err(leaves[name].grad, ref[name].grad) < 1e-5, name
+
+
+def test_cpu_forward_restores_the_thread_setting():
+    x = {k: v.float() for k, v in make_inputs(1, 8, 4, 50, 4).items()}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        chunked_selective_scan(**x, delta_softplus=True)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_partial_requires_grad_and_no_grad():
     x = {k: v.float() for k, v in make_inputs(1, 8, 4, 20, 4).items()}
     with torch.no_grad():

@@ -9,16 +9,15 @@ How it is computed
 ------------------
 The sequence is cut into *segments* processed one after the other, carrying the state h between
 them. Only one segment's (steps, b, d, n) states exist at a time, so memory stays bounded (the
-naive (b, d, l, n) tensor is 0.8 GB at b=1, d=768, l=16384, n=16), and on CPU a segment's
-buffers stay in cache. Everything per step -- bias, softplus, the D term, dtype casts -- is done
-segment by segment for the same reason.
+naive (b, d, l, n) tensor is 0.8 GB at b=1, d=768, l=16384, n=16).
 
-Inside a segment its ``nc`` *chunks* of ``T`` steps are scanned together (one tensor op per step
-for all chunks); then each chunk's start state is chained from the previous chunk and added in
-with the cumulative decay from the chunk start. Decays are only ever products of factors
-exp(dt A) in (0, 1] (A < 0) -- never exp(+cumsum) * exp(-cumsum), which overflows.
-On CPU one chunk per segment (``nc = 1``) is fastest: the per-step op is cache-resident and no
-correction pass is needed. On GPUs many chunks keep the number of kernel launches low.
+On CPU (``_forward_cpu``) each segment is one chunk and runs one tensor op per step over the
+b*d*n states, in cache-sized windows on one thread; see that function for the measured reasons.
+On GPUs a segment holds ``nc`` *chunks* of ``T`` steps scanned together (one tensor op per step
+for all chunks, so few kernel launches); then each chunk's start state is chained from the
+previous chunk and added in with the cumulative decay from the chunk start. Decays are only ever
+products of factors exp(dt A) in (0, 1] (A < 0) -- never exp(+cumsum) * exp(-cumsum), which
+overflows. Passing ``chunk`` on CPU uses the GPU layout there too (the tests do).
 
 Gradients come from a hand-written backward (``_ChunkedScan``), not autograd through the loop:
 autograd would keep every step's tensors alive -- several (b, d, l, n) tensors per call.
@@ -37,12 +36,23 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-# Elements (steps * b * d * n) per segment buffer. CPU: small enough to stay in cache, large
-# enough to amortise per-op overhead (tuned with `vmambax bench scan`, see docs/benchmarks.md).
-# GPU: large buffers and many chunks for few kernel launches.
+# Elements (steps * b * d * n) per segment buffer. CPU: the backward's recompute unit (small
+# enough to stay in cache, large enough to amortise per-op overhead; the forward works in its
+# own windows below). GPU: large buffers and many chunks for few kernel launches.
 _CPU_BUDGET = 1 << 20
 _GPU_BUDGET = 1 << 25
 _GPU_CHUNK = 64
+# CPU forward: states per window (steps * b * d * n). The window's buffers (decays, states,
+# 0.5 MB each) stay in one core's L2 cache while the step loop runs over them.
+_CPU_WINDOW = 1 << 17
+# CPU forward: elements (steps * b * d) of the time-major input block buffers.
+_CPU_BLOCK = 1 << 22
+# OpenMP splits an elementwise op over threads only from this many elements (ATen's GRAIN_SIZE).
+_GRAIN = 32768
+# Blocked transposes between (channels, steps) and (steps, channels): torch's one-shot transposed
+# copy is 3-5x slower than copying blocks of 64 channels / 1024 steps (x86, `vmambax bench scan`).
+_ROW_BLOCK = 64
+_STEP_BLOCK = 1024
 
 
 def _plan(length: int, per_step: int, device: torch.device, segment: int | None, chunk: int | None):
@@ -223,6 +233,118 @@ def _forward(p: _Problem, plan, n, keep_states):
     return y.view(b, g * dg, length), starts
 
 
+def _to_time_major(x: torch.Tensor, out: torch.Tensor, add=None) -> torch.Tensor:
+    """``out`` (steps, rows) = x.T (+ add, per row), for (rows, steps) ``x``, in blocks of rows."""
+    for i in range(0, x.shape[0], _ROW_BLOCK):
+        j = slice(i, i + _ROW_BLOCK)
+        if add is None:
+            out[:, j].copy_(x[j].t())
+        else:
+            torch.add(x[j].t(), add[j], out=out[:, j])
+    return out
+
+
+def _to_channel_major(x: torch.Tensor, out: torch.Tensor, u=None, D=None) -> torch.Tensor:
+    """``out`` (rows, steps) = x.T (+ D * u, for (rows,) ``D`` and (rows, steps) ``u``), for
+    (steps, rows) ``x``, in blocks of steps."""
+    for s in range(0, x.shape[0], _STEP_BLOCK):
+        j = slice(s, s + _STEP_BLOCK)
+        if D is None:
+            out[:, j].copy_(x[j].t())
+        else:
+            torch.addcmul(x[j].t(), u[:, j], D, out=out[:, j])
+    return out
+
+
+@contextlib.contextmanager
+def _at_most_threads(count: int):
+    """Run torch CPU ops with at most ``count`` threads, restoring the caller's setting."""
+    old = torch.get_num_threads()
+    if old <= count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _forward_cpu(p: _Problem, plan, keep_states):
+    """The CPU forward for one-chunk segments; same result and saved states as ``_forward``.
+
+    Why it is laid out like this (each point measured with ``vmambax bench scan``):
+    * The sequence is prepared in *blocks* of ~``_CPU_BLOCK`` elements: dt (after bias and
+      softplus) and x = dt * u are made time-major into two reused buffers, so memory stays
+      O(b*d*block) and no fresh pages are touched per block.
+    * States are computed in *windows* of ~``_CPU_WINDOW`` elements that stay in cache from the
+      moment exp(dt A) and x B are written until the step loop and the C contraction read them.
+    * A step touches b*d*n states; below ``_GRAIN`` OpenMP runs it on one thread anyway, so the
+      whole window loop then runs on one thread: the data stays in that core's cache, and no op
+      pays for waking the thread pool (about 80 us per op with OMP_WAIT_POLICY=PASSIVE, which
+      the ``vmambax`` command sets).
+    * y_t is written over dt_t once its window is done, then copied out channel-major.
+    """
+    b, g, dg, length = p.u4.shape
+    n = p.At.shape[1]
+    rows = b * g * dg
+    window = max(8, _CPU_WINDOW // (rows * n))
+    block = min(length, max(window, _CPU_BLOCK // rows))
+    delta2, u2 = p.delta4.reshape(rows, length), p.u4.reshape(rows, length)
+    bias = None if p.bias is None else p.bias.view(g * dg).repeat(b)  # per row of (b, g, dg)
+    D = None if p.D is None else p.D.view(g * dg, 1).repeat(b, 1)
+    y = torch.empty(rows, length, dtype=p.dtype)
+    dt_buf = torch.empty(block, rows, dtype=p.dtype)
+    x_buf = torch.empty_like(dt_buf)
+    coef = torch.empty(window, b, g, n, dg, dtype=p.dtype)
+    cs = coef.unbind(0)
+    # States alternate between two buffers, so the last state of one window is read by the next
+    # straight from where it was computed.
+    Hs = (torch.empty_like(coef), torch.empty_like(coef))
+    hss = (Hs[0].unbind(0), Hs[1].unbind(0))
+    steps = [list(zip(hs[1:], cs[1:], hs[:-1])) for hs in hss]  # (h_t, coef_t, h_t-1), t >= 1
+    h = None  # the state entering the next window (None: zeros)
+    flip = 0
+    seg_starts = {start for start, _, _ in plan} if keep_states else set()
+    starts = []
+    one_thread = rows * n < _GRAIN
+    for b0 in range(0, length, block):
+        b1 = min(length, b0 + block)
+        k0 = b1 - b0
+        dt = _to_time_major(delta2[:, b0:b1], dt_buf[:k0], add=bias)  # (steps, b*g*dg)
+        if p.softplus:  # softplus(z) = log(exp(z) + 1); logaddexp is 2x faster than F.softplus
+            torch.logaddexp(dt, dt.new_zeros(()), out=dt)
+        x = _to_time_major(u2[:, b0:b1], x_buf[:k0]).mul_(dt)
+        Bt = p.B[..., b0:b1].permute(3, 0, 1, 2).contiguous().unsqueeze(-1)  # (steps, b, g, n, 1)
+        Ct = p.C[..., b0:b1].permute(3, 0, 1, 2).contiguous().view(k0 * b * g, 1, n)
+        dt5, x5 = dt.view(k0, b, g, 1, dg), x.view(k0, b, g, 1, dg)
+        y3 = dt.view(k0 * b * g, 1, dg)  # y_t is written over dt_t
+        # With gradients, windows never straddle a segment start: the backward needs its state.
+        cuts = [0] + sorted(c - b0 for c in seg_starts if b0 < c < b1) + [k0]
+        windows = [(w0, min(c1, w0 + window)) for c0, c1 in zip(cuts, cuts[1:])
+                   for w0 in range(c0, c1, window)]
+        sizes = [w1 - w0 for w0, w1 in windows]
+        pieces = zip(windows, dt5.split(sizes), x5.split(sizes), Bt.split(sizes),
+                     Ct.split([k * b * g for k in sizes]), y3.split([k * b * g for k in sizes]))
+        with _at_most_threads(1 if one_thread else torch.get_num_threads()):
+            for (w0, w1), dt_w, x_w, B_w, C_w, y_w in pieces:
+                if b0 + w0 in seg_starts:
+                    starts.append(None if h is None else h.clone())
+                k = w1 - w0
+                H, hs, loop = Hs[flip], hss[flip], steps[flip]
+                flip = 1 - flip
+                torch.mul(dt_w, p.At, out=coef[:k]).exp_()  # exp(dt_t A)
+                torch.mul(x_w, B_w, out=H[:k])  # dt_t u_t B_t
+                if h is not None:
+                    hs[0].addcmul_(cs[0], h)
+                for h_t, c_t, h_prev in loop[:k - 1]:
+                    h_t.addcmul_(c_t, h_prev)
+                h = hs[k - 1]
+                torch.bmm(C_w, H[:k].view(k * b * g, n, dg), out=y_w)  # <h_t, C_t>
+        _to_channel_major(dt, y[:, b0:b1], u2[:, b0:b1], D)  # y + D u
+    return y.view(b, g * dg, length), starts
+
+
 def _backward(gy, p: _Problem, plan, n, starts, u_dtype, delta_dtype):
     b, g, dg, length = p.u4.shape
     device = gy.device
@@ -292,7 +414,11 @@ class _ChunkedScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus, dtype, plan):
         p = _Problem.make(u, delta, A, B, C, D, delta_bias, softplus, dtype)
         with _no_autocast(u.device):
-            y, starts = _forward(p, plan, A.shape[1], keep_states=any(ctx.needs_input_grad[:7]))
+            keep = any(ctx.needs_input_grad[:7])
+            if u.device.type == "cpu" and all(stop - start == T for start, stop, T in plan):
+                y, starts = _forward_cpu(p, plan, keep)
+            else:
+                y, starts = _forward(p, plan, A.shape[1], keep)
         ctx.args = (softplus, dtype, plan, len(starts), D is not None, delta_bias is not None)
         ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, *[s for s in starts if s is not None])
         return y
