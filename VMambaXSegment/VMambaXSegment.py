@@ -6,7 +6,6 @@ a worker thread while a timer here shows progress, so Slicer stays responsive an
 
 import logging
 import os
-import traceback
 from typing import Annotated
 
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
@@ -20,6 +19,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from VMambaXSegmentLib.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
 from VMambaXSegmentLib.pet import PET_UNITS, PET_UNITS_LABELS
 
@@ -284,7 +284,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
                 petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None)
         except Exception as exc:
-            self._showError(exc, "VMambaX could not start")
+            show_error(exc, "VMambaX could not start")
             return
         self.ui.progressBar.value = 0
         self._updateButtons()
@@ -318,7 +318,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelled; the scene was not changed."
         except Exception as exc:
             self.ui.statusLabel.text = f"Failed: {exc}"
-            self._showError(exc, "VMambaX segmentation failed")
+            show_error(exc, "VMambaX segmentation failed")
         else:
             self._showOutput(output)
         self._updateButtons()
@@ -333,20 +333,6 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=p.petVolume,
                                          foregroundOpacity=0.4, fit=True)
-
-    @staticmethod
-    def _showError(exc, title):
-        from vmambax.errors import Cancelled, VMambaXError
-
-        if isinstance(exc, Cancelled):
-            slicer.util.showStatusMessage(str(exc), 5000)
-        elif isinstance(exc, VMambaXError):
-            slicer.util.errorDisplay(str(exc), windowTitle=title)
-        else:  # not the user's fault: show where, so it can be reported
-            logging.error(traceback.format_exc())
-            slicer.util.errorDisplay(f"{title}: {exc}\n\nThis is a bug in VMambaX; please report "
-                                     "it with the details below.", windowTitle=title,
-                                     detailedText=traceback.format_exc())
 
 
 def _selectData(combo, data):

@@ -7,7 +7,6 @@ followed through its progress file, so Slicer stays usable; Stop checkpoints and
 import logging
 import os
 import tempfile
-import traceback
 
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
 import qt
@@ -18,6 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+from VMambaXSegmentLib.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
 from VMambaXTrainLib.logic import TrainingCase
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
@@ -204,7 +204,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.validateCases([case, case])  # the per-case checks (count checked at start)
         except Exception as exc:
-            self._showError(exc, "Cannot add this case")
+            show_error(exc, "Cannot add this case")
             return
         self._cases.append(case)
         self.ui.casesListWidget.addItem(f"{case.ctNode.GetName()} | {case.petNode.GetName()} | "
@@ -269,7 +269,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = self.logic.startTraining(dataFolder, p.runFolder, config=p.config,
                                                  epochs=p.epochs, device=p.device, resume=resume)
         except Exception as exc:
-            self._showError(exc, "VMambaX training could not start")
+            show_error(exc, "VMambaX training could not start")
             self._updateButtons()
             return
         if self._chart is None or self._chart.chartNode.GetScene() is None:
@@ -349,25 +349,11 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             entry = self.logic.registerModel(run, name)
         except Exception as exc:
-            self._showError(exc, "The trained model could not be registered")
+            show_error(exc, "The trained model could not be registered")
             return
         self.ui.progressBar.value = 100
         self.ui.statusLabel.text = (f"Done. Model {entry.name!r} is registered: choose it in "
                                     f"VMambaX Segment. File: {entry.file}")
-
-    @staticmethod
-    def _showError(exc, title):
-        from vmambax.errors import Cancelled, VMambaXError
-
-        if isinstance(exc, Cancelled):
-            slicer.util.showStatusMessage(str(exc), 5000)
-        elif isinstance(exc, VMambaXError):
-            slicer.util.errorDisplay(str(exc), windowTitle=title)
-        else:
-            logging.error(traceback.format_exc())
-            slicer.util.errorDisplay(f"{title}: {exc}\n\nThis is a bug in VMambaX; please report "
-                                     "it with the details below.", windowTitle=title,
-                                     detailedText=traceback.format_exc())
 
 
 #

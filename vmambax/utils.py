@@ -1,4 +1,5 @@
-"""Small shared helpers: atomic file writes, the user's VMambaX folder, OpenMP wait policy."""
+"""Small shared helpers: atomic file writes, the user's VMambaX folder, OpenMP wait policy,
+torch CPU thread count."""
 
 from __future__ import annotations
 
@@ -76,3 +77,27 @@ def prefer_passive_wait() -> bool:
     if "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Use ``n`` intra-op threads inside the block and restore the previous setting afterwards.
+
+    The Segmenter runs inside host applications (3D Slicer), whose global torch state it must
+    not change permanently. ``None`` leaves the setting alone.
+    """
+    import torch
+
+    from vmambax.errors import ConfigError
+
+    if not n:
+        yield
+        return
+    if n < 1:
+        raise ConfigError(f"thread count must be >= 1, got {n}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

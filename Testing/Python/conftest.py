@@ -22,3 +22,12 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One intra-op thread for a module (also for subprocesses such as the trainer, which inherit
+    it): on a shared 2-core CI machine two OpenMP threads per process are often 10-20x slower."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield

@@ -34,6 +34,12 @@ def pet_dataset(top: dict, radio: dict) -> Dataset:
     ds.Modality = "PT"
     ds.RescaleSlope = 1.0
     ds.RescaleIntercept = 0.0
+    _set_pet_tags(ds, top, radio)
+    return ds
+
+
+def _set_pet_tags(ds: Dataset, top: dict, radio: dict) -> None:
+    """Set the PET tags ``top`` on ``ds`` and ``radio`` in its radiopharmaceutical item (None: left out)."""
     for k, v in top.items():
         if v is not None:
             setattr(ds, k, v.split("\\") if k == "CorrectedImage" else v)
@@ -42,7 +48,6 @@ def pet_dataset(top: dict, radio: dict) -> Dataset:
         if v is not None:
             setattr(item, k, v)
     ds.RadiopharmaceuticalInformationSequence = [item]
-    return ds
 
 
 def write_series(folder, array, *, modality: str, spacing=(1.0, 1.0, 2.0),
@@ -107,14 +112,7 @@ def write_series(folder, array, *, modality: str, spacing=(1.0, 1.0, 2.0),
             radio = dict(pet_radio or {})
             if per_slice_acq_times is not None:
                 top["AcquisitionTime"] = per_slice_acq_times[k]
-            for key, v in top.items():
-                if v is not None:
-                    setattr(ds, key, v.split("\\") if key == "CorrectedImage" else v)
-            item = Dataset()
-            for key, v in radio.items():
-                if v is not None:
-                    setattr(item, key, v)
-            ds.RadiopharmaceuticalInformationSequence = [item]
+            _set_pet_tags(ds, top, radio)
         ds.save_as(str(path), enforce_file_format=True)
     return {"study": study_uid, "frame": frame_uid, "series": series_uid}
 

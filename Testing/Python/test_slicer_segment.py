@@ -28,13 +28,7 @@ SIZE = 128
 N_SLICES = 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """One intra-op thread (also for the trainer subprocess, which inherits it): on a shared
-    2-core CI machine two OpenMP threads per process are often 10-20x slower (spin-waiting)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        yield
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _oblique_image(dtype=np.int16):

@@ -36,15 +36,12 @@ def bench_forward(config: str = "vmambax", size: int = 512, batch: int = 1, repe
 
     from vmambax import ops
     from vmambax.errors import ConfigError
+    from vmambax.infer.devices import resolve_device
     from vmambax.model import build_model
 
     if batch < 1 or repeats < 1 or warmup < 0:
         raise ConfigError("--batch and --repeats must be at least 1 and --warmup at least 0.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device.")
+    dev = resolve_device(device)
     if amp and dev.type != "cuda":
         raise ConfigError("--amp is for CUDA; on CPU the forward runs in float32.")
     model = build_model(config, pretrained_encoder=None).to(dev).eval()

@@ -77,15 +77,11 @@ def run(args) -> int:
     import torch
 
     from vmambax.errors import ConfigError
+    from vmambax.infer.devices import resolve_device
     from vmambax.ops import available_backends
 
     names = _check_args(args)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {args.device!r} is not a device name ({exc}); use cpu or cuda.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device.")
+    device = resolve_device(args.device)
     missing = [b for b in names if b not in available_backends(device)]
     if missing:
         raise ConfigError(f"backend(s) {', '.join(missing)} not available on {device}; "

@@ -47,6 +47,7 @@ def bench_train(config: str = "vmambax-nano", size: int = 512, batch: int = 2, s
 
     from vmambax import ops
     from vmambax.errors import ConfigError
+    from vmambax.infer.devices import resolve_device
     from vmambax.model import build_model, param_groups
     from vmambax.train.loss import bce_dice_loss
 
@@ -54,11 +55,7 @@ def bench_train(config: str = "vmambax-nano", size: int = 512, batch: int = 2, s
         raise ConfigError("--batch must be at least 2 (the CGM BatchNorm needs 2 samples per step).")
     if steps < 1 or warmup < 0:
         raise ConfigError("--steps must be at least 1 and --warmup at least 0.")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but PyTorch sees no CUDA device.")
+    dev = resolve_device(device)
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "32"
     if precision != "32" and dev.type != "cuda":

@@ -8,6 +8,7 @@ import os
 import torch
 
 from vmambax.errors import ConfigError, VMambaXError
+from vmambax.utils import cpu_threads  # noqa: F401 - part of this module's API
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -80,24 +81,6 @@ def default_cpu_threads() -> int:
     return int(max(1, min(cpus - round(busy), cpus, 16)))
 
 
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    """Use ``n`` intra-op threads inside the block and restore the previous setting afterwards.
-
-    The Segmenter runs inside host applications (3D Slicer), whose global torch state it must
-    not change permanently. ``None`` leaves the setting alone.
-    """
-    if not n:
-        yield
-        return
-    if n < 1:
-        raise ConfigError(f"thread count must be >= 1, got {n}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def default_batch_size(device: torch.device, image_size: int = 512) -> int:

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from vmambax.utils import cpu_threads
+
 # Elements (steps * b * d * n) per segment buffer. CPU: the backward's recompute unit (small
 # enough to stay in cache, large enough to amortise per-op overhead; the forward works in its
 # own windows below). GPU: large buffers and many chunks for few kernel launches.
@@ -77,8 +79,9 @@ def _plan(length: int, per_step: int, device: torch.device, segment: int | None,
 def _time_major(x: torch.Tensor, T: int) -> torch.Tensor:
     """Contiguous (b, g, k, S) -> (T, nc, b, g, k): segment step c*T + t goes to [t, c]."""
     b, g, k, steps = x.shape
-    if T == steps:  # a plain 2-D transpose, which torch copies in cache-friendly tiles
-        return x.reshape(b * g * k, steps).t().contiguous().view(T, 1, b, g, k)
+    if T == steps:  # a plain 2-D transpose
+        rows = x.reshape(b * g * k, steps)
+        return _to_time_major(rows, x.new_empty(steps, b * g * k)).view(T, 1, b, g, k)
     return x.unflatten(-1, (-1, T)).permute(4, 3, 0, 1, 2).contiguous()
 
 
@@ -86,7 +89,7 @@ def _channel_major(x: torch.Tensor) -> torch.Tensor:
     """Contiguous (T, nc, b, g, k) -> contiguous (b, g, k, nc*T); inverse of ``_time_major``."""
     T, nc, b, g, k = x.shape
     if nc == 1:
-        return x.view(T, b * g * k).t().contiguous().view(b, g, k, T)
+        return _to_channel_major(x.view(T, b * g * k), x.new_empty(b * g * k, T)).view(b, g, k, T)
     return x.permute(2, 3, 4, 1, 0).reshape(b, g, k, nc * T)
 
 
@@ -234,8 +237,9 @@ def _forward(p: _Problem, plan, n, keep_states):
 
 
 def _to_time_major(x: torch.Tensor, out: torch.Tensor, add=None) -> torch.Tensor:
-    """``out`` (steps, rows) = x.T (+ add, per row), for (rows, steps) ``x``, in blocks of rows."""
-    for i in range(0, x.shape[0], _ROW_BLOCK):
+    """``out`` (steps, rows) = x.T (+ add, per row), for (rows, steps) ``x``; on CPU in blocks of
+    rows, elsewhere in one op."""
+    for i in range(0, x.shape[0], _ROW_BLOCK if x.is_cpu else x.shape[0]):
         j = slice(i, i + _ROW_BLOCK)
         if add is None:
             out[:, j].copy_(x[j].t())
@@ -246,28 +250,14 @@ def _to_time_major(x: torch.Tensor, out: torch.Tensor, add=None) -> torch.Tensor
 
 def _to_channel_major(x: torch.Tensor, out: torch.Tensor, u=None, D=None) -> torch.Tensor:
     """``out`` (rows, steps) = x.T (+ D * u, for (rows,) ``D`` and (rows, steps) ``u``), for
-    (steps, rows) ``x``, in blocks of steps."""
-    for s in range(0, x.shape[0], _STEP_BLOCK):
+    (steps, rows) ``x``; on CPU in blocks of steps, elsewhere in one op."""
+    for s in range(0, x.shape[0], _STEP_BLOCK if x.is_cpu else x.shape[0]):
         j = slice(s, s + _STEP_BLOCK)
         if D is None:
             out[:, j].copy_(x[j].t())
         else:
             torch.addcmul(x[j].t(), u[:, j], D, out=out[:, j])
     return out
-
-
-@contextlib.contextmanager
-def _at_most_threads(count: int):
-    """Run torch CPU ops with at most ``count`` threads, restoring the caller's setting."""
-    old = torch.get_num_threads()
-    if old <= count:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _forward_cpu(p: _Problem, plan, keep_states):
@@ -326,7 +316,7 @@ def _forward_cpu(p: _Problem, plan, keep_states):
         sizes = [w1 - w0 for w0, w1 in windows]
         pieces = zip(windows, dt5.split(sizes), x5.split(sizes), Bt.split(sizes),
                      Ct.split([k * b * g for k in sizes]), y3.split([k * b * g for k in sizes]))
-        with _at_most_threads(1 if one_thread else torch.get_num_threads()):
+        with cpu_threads(1 if one_thread else None):
             for (w0, w1), dt_w, x_w, B_w, C_w, y_w in pieces:
                 if b0 + w0 in seg_starts:
                     starts.append(None if h is None else h.clone())
