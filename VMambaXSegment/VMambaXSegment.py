@@ -19,9 +19,9 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from VMambaXSegmentLib.dialogs import show_error
+from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
-from VMambaXSegmentLib.pet import PET_UNITS, PET_UNITS_LABELS
+from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
 
 BROWSE_ITEM = "Browse…"
 
@@ -265,7 +265,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return True
-        from VMambaXSegmentLib.install import ensure_dependencies_in_slicer
+        from VMambaXCommon.install import ensure_dependencies_in_slicer
 
         notes = ensure_dependencies_in_slicer("segment")
         self._dependenciesChecked = True
@@ -374,7 +374,7 @@ class VMambaXSegmentTest(ScriptedLoadableModuleTest):
 
     def test_SegmentPhantom(self):
         self.delayDisplay("Segmenting a synthetic PET/CT phantom with the default model")
-        from VMambaXSegmentLib.testing import add_phantom_case
+        from VMambaXCommon.testing import add_phantom_case
 
         ct, pet, _phantom, _ = add_phantom_case(slicer.mrmlScene, seed=3, size=128, prefix="Phantom ")
         logic = VMambaXSegmentLogic()
@@ -396,7 +396,7 @@ class VMambaXSegmentTest(ScriptedLoadableModuleTest):
     def test_MissingPetChangesNothing(self):
         from vmambax.errors import InputError
 
-        from VMambaXSegmentLib.testing import add_phantom_case
+        from VMambaXCommon.testing import add_phantom_case
 
         ct, _pet, _phantom, _ = add_phantom_case(slicer.mrmlScene, seed=3, size=64, n_slices=8)
         before = slicer.mrmlScene.GetNumberOfNodes()

@@ -17,7 +17,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from VMambaXSegmentLib.dialogs import show_error
+from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
 from VMambaXTrainLib.logic import TrainingCase
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
@@ -104,9 +104,9 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for key, label in CONFIG_CHOICES:
             self.ui.configComboBox.addItem(label, key)
-        from VMambaXSegmentLib.logic import VMambaXSegmentLogic
+        from VMambaXCommon.devices import available_devices
 
-        for device in VMambaXSegmentLogic.availableDevices():
+        for device in available_devices():
             self.ui.trainDeviceComboBox.addItem(device, device)
 
         self._timer = qt.QTimer()
@@ -260,7 +260,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             if not self._dependenciesChecked:
-                from VMambaXSegmentLib.install import ensure_dependencies_in_slicer
+                from VMambaXCommon.install import ensure_dependencies_in_slicer
 
                 for note in ensure_dependencies_in_slicer("train"):
                     logging.info(note)
@@ -370,7 +370,7 @@ class VMambaXTrainTest(ScriptedLoadableModuleTest):
     def test_TrainNanoOnPhantoms(self):
         import time
 
-        from VMambaXSegmentLib.testing import add_phantom_case
+        from VMambaXCommon.testing import add_phantom_case
 
         self.delayDisplay("Exporting two phantom cases and training the nano network briefly")
         cases = []

@@ -1,9 +1,18 @@
 """Shared pytest set-up: keep torch small on 2-core CI machines and make runs reproducible."""
 
 import os
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see vmambax.utils.prefer_passive_wait
+
+# The Slicer-side packages (the shared glue and each module's Lib), importable as in Slicer's
+# qt-scripted-modules folder, where they are installed side by side.
+_ROOT = Path(__file__).resolve().parents[2]
+for _folder in (_ROOT, _ROOT / "VMambaXSegment", _ROOT / "VMambaXTrain"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

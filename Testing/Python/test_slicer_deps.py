@@ -10,9 +10,8 @@ from vmambax import deps
 from vmambax.errors import Cancelled, DependencyError
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "VMambaXSegment"))
 
-from VMambaXSegmentLib.install import ensure_dependencies  # noqa: E402
+from VMambaXCommon.install import ensure_dependencies  # noqa: E402
 
 ABSENT = deps.Requirement("vmambax-no-such-package", "vmambax_no_such_package", "1.0", "testing")
 

@@ -13,16 +13,16 @@ import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "VMambaXSegment"))
 
 import slicer  # noqa: E402  (slicer-core)
 import vtk  # noqa: E402
 
 from vmambax.errors import Cancelled, InputError  # noqa: E402
-from VMambaXSegmentLib import mrml_sitk, scene_output  # noqa: E402
+from VMambaXCommon import mrml_sitk  # noqa: E402
+from VMambaXSegmentLib import scene_output  # noqa: E402
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
-from VMambaXSegmentLib.pet import pet_to_suv  # noqa: E402
-from VMambaXSegmentLib.testing import add_phantom_case  # noqa: E402
+from VMambaXCommon.pet import pet_to_suv  # noqa: E402
+from VMambaXCommon.testing import add_phantom_case  # noqa: E402
 
 SIZE = 128
 N_SLICES = 12

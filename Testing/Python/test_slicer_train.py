@@ -12,15 +12,13 @@ import pytest
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
-for module in ("VMambaXSegment", "VMambaXTrain"):
-    sys.path.insert(0, str(ROOT / module))
 
 import slicer  # noqa: E402  (slicer-core)
 
 from vmambax.errors import ConfigError, InputError  # noqa: E402
-from VMambaXSegmentLib import mrml_sitk  # noqa: E402
+from VMambaXCommon import mrml_sitk  # noqa: E402
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
-from VMambaXSegmentLib.testing import add_phantom_case  # noqa: E402
+from VMambaXCommon.testing import add_phantom_case  # noqa: E402
 from VMambaXTrainLib.chart import TrainingChart  # noqa: E402
 from VMambaXTrainLib.logic import (TrainingCase, TrainingRun, VMambaXTrainLogic,  # noqa: E402
                                    tumourSegmentId)

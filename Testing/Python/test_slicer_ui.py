@@ -138,3 +138,35 @@ def test_module_file_follows_slicer_conventions(module):
         text = lib_file.read_text(encoding="utf-8")
         assert not re.search(r"^\s*import (qt|ctk)\b", text, re.M), lib_file.name
         assert "slicer.mrmlScene" not in text, f"{lib_file.name} must take the scene from nodes"
+
+
+def _imported_modules(path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_module_imports_the_other_modules_lib(module):
+    """Shared Slicer glue lives in VMambaXCommon; a module never reaches into the other's Lib."""
+    other = next(m for m in MODULES if m != module)
+    files = [ROOT / module / f"{module}.py", *sorted((ROOT / module / f"{module}Lib").glob("*.py"))]
+    for path in files:
+        assert f"{other}Lib" not in _imported_modules(path), f"{path.name} imports {other}Lib"
+
+
+def test_shared_glue_is_qt_free_and_installed():
+    common = ROOT / "VMambaXCommon"
+    for name in ("mrml_sitk", "pet", "devices", "install", "dialogs", "testing"):
+        path = common / f"{name}.py"
+        assert path.is_file(), f"VMambaXCommon/{name}.py is missing"
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"^import (qt|ctk)\b", text, re.M), path.name  # only lazily inside Slicer
+        assert "slicer.mrmlScene" not in text or name == "dialogs", path.name
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "VMambaXCommon/*.py" in cmake

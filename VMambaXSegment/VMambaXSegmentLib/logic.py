@@ -22,9 +22,10 @@ from typing import Any, Callable
 
 from vmambax.errors import ConfigError, InputError
 
+from VMambaXCommon.devices import available_devices
 from VMambaXSegmentLib import scene_output
-from VMambaXSegmentLib.mrml_sitk import volume_node_to_image
-from VMambaXSegmentLib.pet import pet_tags_from_node, pet_to_suv
+from VMambaXCommon.mrml_sitk import volume_node_to_image
+from VMambaXCommon.pet import pet_tags_from_node, pet_to_suv
 from VMambaXSegmentLib.task import BackgroundTask
 
 ProgressFn = Callable[[float, str], None]
@@ -91,9 +92,7 @@ class VMambaXSegmentLogic:
     @staticmethod
     def availableDevices() -> list[str]:
         """``auto`` and ``cpu``, plus ``cuda`` only where PyTorch sees a GPU."""
-        from vmambax.deps import cuda_available
-
-        return ["auto", "cpu"] + (["cuda"] if cuda_available() else [])
+        return available_devices()
 
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from VMambaXSegmentLib.mrml_sitk import ijk_to_ras, oriented_image_from_array
+from VMambaXCommon.mrml_sitk import ijk_to_ras, oriented_image_from_array
 
 SEGMENT_NAME = "Lung tumour"
 SEGMENT_COLOR = (0.85, 0.1, 0.1)  # red, as PET/CT reading tools show tumour

@@ -208,8 +208,8 @@ class VMambaXTrainLogic:
         """
         import SimpleITK as sitk
 
-        from VMambaXSegmentLib.mrml_sitk import segment_to_array, volume_node_to_image
-        from VMambaXSegmentLib.pet import pet_tags_from_node, pet_to_suv
+        from VMambaXCommon.mrml_sitk import segment_to_array, volume_node_to_image
+        from VMambaXCommon.pet import pet_tags_from_node, pet_to_suv
 
         segment_ids = self.validateCases(cases)
         folder = Path(folder)

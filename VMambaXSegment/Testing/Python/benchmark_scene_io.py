@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT / "VMambaXSegment"))
+sys.path[:0] = [str(ROOT), str(ROOT / "VMambaXSegment")]
 
 
 def main(size=512, repeats=3):
@@ -22,7 +22,7 @@ def main(size=512, repeats=3):
     from vmambax.metrics import quantify_lesions
     from VMambaXSegmentLib import scene_output
     from VMambaXSegmentLib.logic import VMambaXSegmentLogic
-    from VMambaXSegmentLib.testing import add_phantom_case
+    from VMambaXCommon.testing import add_phantom_case
 
     scene = slicer.vtkMRMLScene()
     ct, pet, phantom, _ = add_phantom_case(scene, seed=3, size=size, n_slices=None)
@@ -57,7 +57,7 @@ def responsiveness(scene, size=128, tick=0.02):
     from vmambax.model import build_model
     from vmambax.model.checkpoint import save_model_file
     from VMambaXSegmentLib.logic import VMambaXSegmentLogic
-    from VMambaXSegmentLib.testing import add_phantom_case
+    from VMambaXCommon.testing import add_phantom_case
 
     model = Path(tempfile.mkdtemp()) / "nano.pt"
     save_model_file(model, build_model("vmambax-nano").eval(), config_name="vmambax-nano",

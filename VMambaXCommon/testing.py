@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from VMambaXSegmentLib.mrml_sitk import add_volume_node_from_image, ijk_to_ras, oriented_image_from_array
+from VMambaXCommon.mrml_sitk import add_volume_node_from_image, ijk_to_ras, oriented_image_from_array
 
 
 def add_phantom_case(scene, seed: int = 1, size: int = 128, n_slices: int | None = 24,
