@@ -6,6 +6,7 @@ a worker thread while a timer here shows progress, so Slicer stays responsive an
 
 import logging
 import os
+import sys
 from typing import Annotated
 
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
@@ -18,6 +19,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# Installed, VMambaXCommon sits beside this file (qt-scripted-modules); in a source checkout added
+# through "Additional module paths" (the module folders) it is one folder up.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in sys.path:
+    sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic

@@ -6,6 +6,7 @@ followed through its progress file, so Slicer stays usable; Stop checkpoints and
 
 import logging
 import os
+import sys
 import tempfile
 
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
@@ -16,6 +17,12 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+# Installed, VMambaXCommon sits beside this file (qt-scripted-modules); in a source checkout added
+# through "Additional module paths" (the module folders) it is one folder up.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in sys.path:
+    sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
