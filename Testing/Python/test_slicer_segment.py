@@ -144,7 +144,7 @@ def test_invalid_volumes_are_refused():
 def test_terminology_entry_is_slicers_serialisation_of_lung_neoplasm():
     logic = slicer.vtkSlicerTerminologiesModuleLogic
     expected = logic.SerializeTerminologyEntry(
-        "Segmentation category and type - 3D Slicer General Anatomy list",
+        "Segmentation category and type - DICOM master list",
         "49755003", "SCT", "Morphologically Altered Structure",
         "108369006", "SCT", "Neoplasm", "", "", "",
         "Anatomic codes - DICOM master list", "39607008", "SCT", "Lung", "", "", "")

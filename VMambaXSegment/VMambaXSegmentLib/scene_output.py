@@ -17,15 +17,17 @@ SEGMENT_COLOR = (0.85, 0.1, 0.1)  # red, as PET/CT reading tools show tumour
 LESION_TABLE_REFERENCE_ROLE = "vmambaxLesionTable"  # segmentation node -> its lesion table
 
 # Standard terminology of the segment: category "Morphologically Altered Structure"
-# (SCT 49755003), type "Neoplasm" (SCT 108369006), anatomic region "Lung" (SCT 39607008), in
-# Slicer's "3D Slicer General Anatomy list" and the DICOM master anatomic list. Serialised in
+# (SCT 49755003), type "Neoplasm" (SCT 108369006), anatomic region "Lung" (SCT 39607008).
+# The context must be one that holds that type: Slicer's "DICOM master list" does, its
+# "3D Slicer General Anatomy list" does not (no Neoplasm under Morphologically Altered
+# Structure there; the tests look both up in Slicer's own terminology files). Serialised in
 # Slicer's vtkSlicerTerminologiesModuleLogic format:
 #   context~category~type~typeModifier~anatomicContext~region~regionModifier
 # with each code as codingScheme^codeValue^codeMeaning (empty parts as "^^").
 # Slicer's SerializeTerminologyEntry produces exactly this string (checked in the tests); it is
 # what the DICOM SEG export turns into SegmentedPropertyCategory/Type and AnatomicRegion codes.
 TERMINOLOGY_ENTRY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "Segmentation category and type - DICOM master list"
     "~SCT^49755003^Morphologically Altered Structure"
     "~SCT^108369006^Neoplasm"
     "~^^"
