@@ -334,8 +334,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The user may have switched modules while it ran (exit() drops the parameter node).
         p = self._parameterNode or self.logic.getParameterNode()
         p.outputSegmentation = output.segmentationNode
-        self.ui.statusLabel.text = (f"{output.summary()}\nPET: {output.petConversion}. "
-                                    "Review and correct the contour in Segment Editor.")
+        self.ui.statusLabel.text = output.statusText()  # says which rule set the PET units
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=p.petVolume,
@@ -349,21 +348,11 @@ def _selectData(combo, data):
 
 
 def _guessPetCt():
-    """Pre-select CT and PET from DICOM modality or names (first match of each)."""
-    ct = pet = None
-    for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-        if node.IsA("vtkMRMLLabelMapVolumeNode"):
-            continue
-        uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
-        modality = ""
-        if uids and getattr(slicer, "dicomDatabase", None):
-            modality = slicer.dicomDatabase.instanceValue(uids[0], "0008,0060") or ""
-        name = node.GetName().lower()
-        if pet is None and (modality == "PT" or "pet" in name or "suv" in name):
-            pet = node
-        elif ct is None and (modality == "CT" or "ct" in name):
-            ct = node
-    return ct, pet
+    """Pre-select CT and PET: DICOM modality (Slicer's DICOM database) first, whole-word names
+    as a fallback (VMambaXSegmentLib.inputs)."""
+    from VMambaXSegmentLib.inputs import guess_pet_ct
+
+    return guess_pet_ct(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
 
 
 #
