@@ -332,8 +332,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showOutput(self, output):
         # The user may have switched modules while it ran (exit() drops the parameter node).
+        # The output selector stays the user's choice (empty: each CT gets its own output), so
+        # the next run on another CT does not write into this CT's segmentation.
         p = self._parameterNode or self.logic.getParameterNode()
-        p.outputSegmentation = output.segmentationNode
         self.ui.statusLabel.text = output.statusText()  # says which rule set the PET units
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()

@@ -123,6 +123,7 @@ class VMambaXSegmentLogic:
                 raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation")
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
+            scene_output.check_output_transform(outputSegmentation, ctNode)
         ct = volume_node_to_image(ctNode)
         pet = volume_node_to_image(petNode)
         check_not_swapped(ct, pet)  # before any question about the PET's units
@@ -183,23 +184,25 @@ class VMambaXSegmentLogic:
             raise InputError(f"the CT {ctNode.GetName()!r} was removed from the scene while "
                              f"segmenting; nothing was written")
         scene = ctNode.GetScene()
-        created = []
+        created, restore = [], None
         try:
-            segmentation = outputSegmentation
-            if segmentation is None or segmentation.GetScene() is None:
-                segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                       f"{ctNode.GetName()} vMambaX")
+            # The user's pick, else this CT's earlier output, else a new one: never another
+            # CT's output. The segmentation takes this CT's geometry; its table follows.
+            segmentation = scene_output.output_for(ctNode, outputSegmentation)
+            if segmentation is None:
+                segmentation = scene_output.new_output(ctNode)
                 created.append(segmentation)
-                segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
-                segmentation.SetNodeReferenceID(
-                    segmentation.GetReferenceImageGeometryReferenceRole(), ctNode.GetID())
-                segmentation.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
+            else:
+                state = scene_output.geometry_state(segmentation)
+                restore = lambda: scene_output.restore_geometry(segmentation, state)  # noqa: E731
+            moved = scene_output.adopt_ct_geometry(segmentation, ctNode)
             import SimpleITK as sitk
 
             segment_id = scene_output.write_tumour_segment(
                 segmentation, sitk.GetArrayViewFromImage(result.label), ctNode)
             had_table = segmentation.GetNodeReference(scene_output.LESION_TABLE_REFERENCE_ROLE)
-            table = scene_output.lesion_table_for(segmentation, f"{ctNode.GetName()} vMambaX lesions")
+            table = scene_output.lesion_table_for(
+                segmentation, f"{ctNode.GetName()} vMambaX lesions", rename=moved)
             if table is not had_table:
                 created.append(table)
             scene_output.write_lesion_table(table, result.lesions, result.totals)
@@ -210,6 +213,8 @@ class VMambaXSegmentLogic:
         except Exception:
             for node in created:  # leave no half-made output behind
                 _remove_node(scene, node)
+            if restore is not None:  # a picked output keeps its old reference geometry
+                restore()
             raise
         return SegmentOutput(segmentation, segment_id, table, result, inputs.pet_conversion,
                              inputs.pet_units_rule)
