@@ -243,17 +243,12 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = tip or ""
 
     def _updatePetInfo(self):
+        # Swapped inputs are named before any request for weight and dose (Lib, tested).
+        from VMambaXSegmentLib.inputs import pet_info_text
+
         p = self._parameterNode
-        text = ""
-        if p.petVolume and p.petUnits != "suv":
-            if p.petVolume.GetAttribute("DICOM.instanceUIDs"):
-                text = "PET loaded from DICOM: SUV is computed from its tags."
-            elif p.weightKg > 0 and p.doseMBq > 0:
-                text = "SUV is computed from the weight and dose entered."
-            else:
-                text = ("PET not loaded from DICOM: if it is in Bq/mL, enter the patient weight and "
-                        "the injected dose.")
-        self.ui.petInfoLabel.text = text
+        self.ui.petInfoLabel.text = pet_info_text(p.ctVolume, p.petVolume, p.petUnits,
+                                                  p.weightKg, p.doseMBq)
 
     def _updateButtons(self):
         p = self._parameterNode

@@ -222,3 +222,15 @@ def test_swap_is_reported_before_weight_and_dose_are_asked(phantom):
     with pytest.raises(InputError, match="swapped"):
         logic.prepare(pet, ct)  # swapped: say so, not "enter the weight and dose"
     assert scene.GetNumberOfNodes() == before
+
+
+def test_panel_note_names_the_swap_before_asking_for_weight_and_dose(phantom):
+    from VMambaXSegmentLib.inputs import pet_info_text
+
+    _scene, ct, pet = _add_case(phantom, "bqml")
+    assert "enter the patient weight" in pet_info_text(ct, pet)  # right way round, no DICOM
+    swapped = pet_info_text(pet, ct)
+    assert "swapped" in swapped and "weight" not in swapped
+    _as_petdicom_rwvm_load(pet)
+    assert pet_info_text(ct, pet) == ("PET already in SUV (node voxel-value units {SUVbw}g/ml): "
+                                      "used as it is.")

@@ -90,3 +90,61 @@ def guess_pet_ct(nodes: Iterable, instance_value: InstanceValue | None = None):
         return found[role].get(False) or found[role].get(True)
 
     return pick("CT"), pick("PET")
+
+
+def _sample(node, count: int = 200_000):
+    """About ``count`` voxels of a volume node as a SimpleITK image (a strided view, no copy
+    of the whole volume), for the cheap checks the panel makes on every change."""
+    import SimpleITK as sitk
+    from vtk.util import numpy_support
+
+    image_data = node.GetImageData() if node is not None else None
+    scalars = image_data.GetPointData().GetScalars() if image_data is not None else None
+    if scalars is None or scalars.GetNumberOfComponents() != 1:
+        return None
+    values = numpy_support.vtk_to_numpy(scalars)
+    values = values[:: max(1, values.size // count)]
+    return sitk.GetImageFromArray(values.reshape(1, 1, -1).astype("float32"))
+
+
+def swap_warning(ct_node, pet_node) -> str:
+    """The swapped-inputs message when the CT looks like a PET and the PET like a CT, else ""
+    (the same check as ``prepare`` makes before it works out the PET's units)."""
+    from vmambax.data.case import check_not_swapped
+
+    ct, pet = _sample(ct_node), _sample(pet_node)
+    if ct is None or pet is None:
+        return ""
+    try:
+        check_not_swapped(ct, pet)
+    except InputError as exc:
+        return str(exc)
+    return ""
+
+
+def pet_info_text(ct_node, pet_node, pet_units: str = "auto", weight_kg: float = 0.0,
+                  dose_mbq: float = 0.0, rwvm_file=None) -> str:
+    """The panel's note under the PET inputs. A swap is named first: swapped inputs must not
+    read as a PET that needs a weight and a dose. Then what the PET's units will be."""
+    from VMambaXCommon.pet import units_from_node
+
+    if pet_node is None:
+        return ""
+    warning = swap_warning(ct_node, pet_node) if ct_node is not None else ""
+    if warning:
+        return warning
+    if pet_units == "suv":
+        return ""
+    if pet_units == "auto":
+        try:
+            decision = units_from_node(pet_node, rwvm_file)
+        except InputError as exc:
+            return str(exc)
+        if decision is not None and decision.units == "suv":
+            return f"PET already in SUV ({decision.rule}): used as it is."
+    if pet_node.GetAttribute("DICOM.instanceUIDs"):
+        return "PET loaded from DICOM: SUV is computed from its tags."
+    if weight_kg > 0 and dose_mbq > 0:
+        return "SUV is computed from the weight and dose entered."
+    return ("PET not loaded from DICOM: if it is in Bq/mL, enter the patient weight and the "
+            "injected dose.")
