@@ -35,6 +35,8 @@ PET_UNITS_LABELS = {
 _SUV_HINT = ("Choose PET units 'SUV (already converted)' in the Inputs section (Python: "
              "petUnits='suv'); a PET loaded by PETDICOMExtension is recognised with "
              "'Auto-detect'.")
+_RELOAD_HINT = ("The volume itself holds these values: load the PET again (from DICOM in Bq/mL, "
+                "or as SUVbw with PETDICOMExtension).")
 _ENTER_HINT = ("enter the patient weight and the injected dose in the Inputs section (Python: "
                "weightKg=, doseMBq=), or load the PET from DICOM so its SUV tags can be read")
 
@@ -138,7 +140,8 @@ def units_from_node(pet_node, rwvm_file: Callable[[str], str | None] | None = No
         return decision
     quantity = _code(pet_node.GetVoxelValueQuantity())
     if quantity is not None and (quantity[0], quantity[1].upper()) == _SUV_QUANTITY:
-        return UnitsDecision("suv", f"node voxel-value quantity {quantity[0]} ({quantity[2] or 'SUV'})")
+        meaning = quantity[2] or "SUV"
+        return UnitsDecision("suv", f"node voxel-value quantity {quantity[0]} ({meaning})")
     uid = (pet_node.GetAttribute("DICOM.RWV.instanceUID") or "").strip()
     if uid:
         path = (rwvm_file or _file_for_instance)(uid)
@@ -155,8 +158,8 @@ def rwvm_units_from_file(path) -> tuple[str, str, str] | None:
 
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-        mapping = ds.ReferencedImageRealWorldValueMappingSequence[0].RealWorldValueMappingSequence[0]
-        units = mapping.MeasurementUnitsCodeSequence[0]
+        reference = ds.ReferencedImageRealWorldValueMappingSequence[0]
+        units = reference.RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[0]
     except (AttributeError, IndexError, KeyError, OSError, pydicom.errors.InvalidDicomError):
         return None
     return _code((units.get("CodeValue"), units.get("CodingSchemeDesignator"),
@@ -263,7 +266,7 @@ def convert_pet(pet: sitk.Image, units: str = "auto", tags=None, weight_kg: floa
         description = factor.method
     check_suv_plausible(suv, what=f"{name} after conversion to SUV" if factor else name,
                         hint=f"Choose PET units 'Bq/mL' and {_ENTER_HINT}.",
-                        low_hint=_SUV_HINT if factor else None)
+                        low_hint=_SUV_HINT if factor else _RELOAD_HINT)
     image = sitk.GetImageFromArray(np.ascontiguousarray(suv, dtype=np.float32))
     image.CopyInformation(pet)
     return PetSuv(image, description, rule)

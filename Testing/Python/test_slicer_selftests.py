@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULE_FILES = [ROOT / "VMambaXSegment" / "VMambaXSegment.py", ROOT / "VMambaXTrain" / "VMambaXTrain.py"]
+MODULE_FILES = [ROOT / "VMambaXSegment" / "VMambaXSegment.py",
+                ROOT / "VMambaXTrain" / "VMambaXTrain.py"]
 LIB_FILES = sorted([*(ROOT / "VMambaXSegment" / "VMambaXSegmentLib").glob("*.py"),
                     *(ROOT / "VMambaXTrain" / "VMambaXTrainLib").glob("*.py"),
                     *(ROOT / "VMambaXCommon").glob("*.py")])
@@ -54,7 +55,8 @@ def _project_modules_imported_by(files):
     return sorted(found)
 
 
-@pytest.mark.parametrize("path", MODULE_FILES + LIB_FILES, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("path", MODULE_FILES + LIB_FILES,
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_heavy_import_at_module_level(path):
     imports = _module_level_imports(ast.parse(path.read_text(encoding="utf-8")))
     heavy = [name for name in imports if name.split(".")[0] in HEAVY]

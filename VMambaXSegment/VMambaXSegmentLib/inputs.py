@@ -25,9 +25,10 @@ def name_words(name: str) -> list[str]:
     """The lower-case words of a volume name: split at anything but letters and digits, between
     letters and digits, and where a lower-case letter meets a capital (``"ctChest"`` -> ct,
     chest); never inside a run of letters otherwise (``CTAC``, ``SUVbw`` stay whole)."""
+    humps = r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])"
     words = []
     for part in re.split(r"[^A-Za-z0-9]+", name or ""):
-        words += re.split(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Za-z])(?=[0-9])|(?<=[0-9])(?=[A-Za-z])", part)
+        words += re.split(humps, part)
     return [w.lower() for w in words if w]
 
 

@@ -184,7 +184,7 @@ class VMambaXSegmentLogic:
             raise InputError(f"the CT {ctNode.GetName()!r} was removed from the scene while "
                              f"segmenting; nothing was written")
         scene = ctNode.GetScene()
-        created, restore = [], None
+        created, picked_state = [], None
         try:
             # The user's pick, else this CT's earlier output, else a new one: never another
             # CT's output. The segmentation takes this CT's geometry; its table follows.
@@ -193,8 +193,7 @@ class VMambaXSegmentLogic:
                 segmentation = scene_output.new_output(ctNode)
                 created.append(segmentation)
             else:
-                state = scene_output.geometry_state(segmentation)
-                restore = lambda: scene_output.restore_geometry(segmentation, state)  # noqa: E731
+                picked_state = scene_output.geometry_state(segmentation)
             moved = scene_output.adopt_ct_geometry(segmentation, ctNode)
             import SimpleITK as sitk
 
@@ -213,8 +212,8 @@ class VMambaXSegmentLogic:
         except Exception:
             for node in created:  # leave no half-made output behind
                 _remove_node(scene, node)
-            if restore is not None:  # a picked output keeps its old reference geometry
-                restore()
+            if picked_state is not None:  # a picked output keeps its old reference geometry
+                scene_output.restore_geometry(segmentation, picked_state)
             raise
         return SegmentOutput(segmentation, segment_id, table, result, inputs.pet_conversion,
                              inputs.pet_units_rule)
