@@ -6,6 +6,7 @@ tags must not convert the SUVs again (SUVmax 16.4 -> 0.008). Real vtkMRMLScalarV
 vtkCodedEntry objects (slicer-core); the RWVM object is a real DICOM file written with pydicom.
 """
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -234,3 +235,32 @@ def test_panel_note_names_the_swap_before_asking_for_weight_and_dose(phantom):
     _as_petdicom_rwvm_load(pet)
     assert pet_info_text(ct, pet) == ("PET already in SUV (node voxel-value units {SUVbw}g/ml): "
                                       "used as it is.")
+
+
+REAL_PET = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "sts_001"
+
+
+def test_real_pet_loaded_as_suv_is_kept_and_twice_converted_is_refused():
+    """STS_001 (TCIA, GE Discovery ST): the Bq/mL series and its tags as Slicer's database would
+    give them, and the same voxels in SUVbw on a node marked as PETDICOMExtension marks it."""
+    folder = REAL_PET / "pet_raw_bqml" / "image"
+    if not folder.is_dir():
+        pytest.skip(f"real data not found: {folder} (../shared/realdata is not in this checkout)")
+    from vmambax.data.dicom import read_tags, series_tags
+    from vmambax.data.io import read_image_source
+
+    bqml, series = read_image_source(str(folder), modality="PT")
+    tags = series_tags(read_tags([str(f) for f in series.files]))
+    suv = sitk.Cast(bqml, sitk.sitkFloat32) * 2.429029766e-4  # the README's SUVbw factor
+    scene = slicer.vtkMRMLScene()
+    node = add_volume_node_from_image(scene, suv, "STS_001 PET SUVbw")
+    _as_petdicom_rwvm_load(node)
+    out = pet_node_to_suv(node, "auto", tags)
+    assert out.rule == "node voxel-value units {SUVbw}g/ml"
+    assert _max(out.image) == pytest.approx(_max(suv), rel=1e-6)  # SUVmax ~66.5, not ~0.016
+    # The old path: the files' BQML tags applied to the SUV voxels; the lower bound refuses it.
+    node.SetVoxelValueUnits(None)
+    node.SetVoxelValueQuantity(None)
+    node.RemoveAttribute("DICOM.RWV.instanceUID")
+    with pytest.raises(InputError, match="converted to SUV twice"):
+        pet_node_to_suv(node, "auto", tags)
