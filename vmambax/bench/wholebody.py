@@ -12,8 +12,6 @@ the output then says "estimated" and gives the measured per-slice time.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
 
@@ -108,18 +106,11 @@ def _sampled(seg, body, k, log) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vmambax.bench import set_threads
+    from vmambax.bench import emit_json, set_threads
 
     set_threads(args.threads)
     result = benchmark(model=args.model, config=args.config, size=args.size, slices=args.slices,
                        seed=args.seed, device=args.device, threads=args.threads, batch=args.batch,
                        sample=args.sample)
-    if args.json_out:
-        from vmambax.utils import atomic_path
-
-        with atomic_path(args.json_out) as tmp:
-            tmp.write_text(json.dumps(result, indent=2) + "\n")
-    else:
-        json.dump(result, sys.stdout, indent=2)
-        print()
+    emit_json(result, args.json_out)
     return 0
