@@ -70,6 +70,7 @@ class VMambaXSegmentParameterNode:
     petUnits: str = "auto"  # auto / bqml / suv
     weightKg: Annotated[float, WithinRange(0.0, 500.0)] = 0.0  # 0 = from DICOM
     doseMBq: Annotated[float, WithinRange(0.0, 5000.0)] = 0.0  # 0 = from DICOM
+    allSlices: bool = False  # False: only the slices around the lungs (lung field + 2 cm)
 
 
 #
@@ -284,7 +285,8 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The PET's DICOM SUV tags are looked up by the logic (Slicer's DICOM database).
             self._task = self.logic.segmentAsync(
                 p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
-                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None)
+                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None,
+                allSlices=p.allSlices)
         except Exception as exc:
             show_error(exc, "VMambaX could not start")
             return

@@ -62,11 +62,17 @@ class SegmentOutput:
         totals = self.result.totals or {}
         n = len(self.result.lesions)
         if not n:
-            return f"No tumour found ({self.result.model_name}, {self.result.device})."
+            return f"No tumour found ({self.result.model_name}, {self.result.device}).{self._slices()}"
         mtv = totals.get("mtv_ml")
         mtv_text = f", total MTV {mtv:.1f} mL" if isinstance(mtv, (int, float)) else ""
         return (f"{n} lesion(s){mtv_text}; model {self.result.model_name} on "
-                f"{self.result.device} in {self.result.timings.get('total', 0):.1f} s.")
+                f"{self.result.device} in {self.result.timings.get('total', 0):.1f} s.{self._slices()}")
+
+    def _slices(self) -> str:
+        run, total = getattr(self.result, "n_slices_run", 0), getattr(self.result, "n_slices", 0)
+        if not total or run == total:
+            return ""
+        return f" Segmented {run} of {total} slices (around the lungs; tick 'Segment all slices' for all)."
 
 
 def _check_volume(node, role: str) -> None:
@@ -134,20 +140,23 @@ class VMambaXSegmentLogic:
         return SegmentInputs(ct=ct, pet_suv=converted.image, pet_conversion=converted.conversion,
                              pet_units_rule=converted.rule)
 
-    def _segmenter(self, model, device, batchSize, progress, cancel):
+    def _segmenter(self, model, device, batchSize, progress, cancel, allSlices=False):
         if self.segmenterClass is None:
             from vmambax.infer.segmenter import Segmenter
 
             self.segmenterClass = Segmenter
         return self.segmenterClass(model=model, device=device, batch_size=batchSize,
-                                   progress=progress, cancel=cancel)
+                                   progress=progress, cancel=cancel, all_slices=allSlices)
 
     def segmentAsync(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                      device: str = "auto", progress: ProgressFn | None = None,
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
-                     start: bool = True) -> BackgroundTask:
+                     allSlices: bool = False, start: bool = True) -> BackgroundTask:
         """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
+
+        By default the network runs only on the slices around the CT's lungs (the others stay
+        empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
 
         Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
         within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
@@ -161,7 +170,7 @@ class VMambaXSegmentLogic:
 
         def compute(report, cancel):
             report(0.0, "Loading the model")
-            segmenter = self._segmenter(model, device, batchSize, report, cancel)
+            segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
             return segmenter.segment(inputs.ct, inputs.pet_suv)
 
         def apply(result):
@@ -228,6 +237,8 @@ class VMambaXSegmentLogic:
         segmentation.SetAttribute("VMambaX.petConversion", inputs.pet_conversion)
         segmentation.SetAttribute("VMambaX.PETUnitsRule", inputs.pet_units_rule)
         segmentation.SetAttribute("VMambaX.timings", json.dumps(result.timings))
+        segmentation.SetAttribute("VMambaX.sliceSelection",
+                                  json.dumps(getattr(result, "slice_selection", {}) or {}))
 
 
 def _remove_node(scene, node) -> None:
