@@ -277,3 +277,13 @@ def test_cohort_and_single_case_flags_do_not_mix(tmp_path, capsys):
     assert "--ct" in capsys.readouterr().err
     assert main(["segment", "--ct", "a.nii.gz", "--pet", "b.nii.gz"]) == 2
     assert "-o/--output" in capsys.readouterr().err
+
+
+def test_model_that_no_worker_can_load_is_a_clear_error(case_list, nano_file, tmp_path, capsys):
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(nano_file.read_bytes()[:5000])
+    out = tmp_path / "out"
+    assert main(_args(case_list, out, bad, "--devices", "cpu,cpu", "-q")) == 2
+    err = capsys.readouterr().err
+    assert "error: no device could load the model" in err and "corrupt.pt" in err
+    assert [r["status"] for r in _rows(out / "summary.csv")] == ["pending"] * 4

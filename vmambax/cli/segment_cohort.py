@@ -62,16 +62,19 @@ def progress_display(quiet: bool):
     if quiet:
         return None, lambda: None
     if sys.stderr.isatty():
+        import shutil
+
         from tqdm import tqdm
 
+        width = shutil.get_terminal_size((100, 24)).columns or 100  # 0 on some pseudo-terminals
         bar = None
 
         def update(p) -> None:
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=p.total, unit="case", file=sys.stderr, dynamic_ncols=True,
+                bar = tqdm(total=p.total, unit="case", file=sys.stderr, ncols=min(width, 120),
                            bar_format="{n_fmt}/{total_fmt} cases |{bar}| {desc}")
-            bar.set_description_str(f"ETA {_clock(p.eta_s)}  {p.message[:60]}", refresh=False)
+            bar.set_description_str(f"ETA {_clock(p.eta_s)}  {p.message[:48]:<48}", refresh=False)
             bar.update(p.done - bar.n)
             bar.refresh()
 

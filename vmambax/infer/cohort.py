@@ -386,12 +386,12 @@ def _worker(wid: int, device: str, threads, options: CohortOptions, out_dir: str
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
     try:
         segmenter = _make_segmenter(options, device, threads)
-    except VMambaXError as exc:
-        results.put(("fatal", wid, f"{device}: {exc}"))
+    except VMambaXError as exc:  # its class travels too, so the parent raises the same kind
+        results.put(("fatal", wid, f"{device}: {exc}", type(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
         results.put(("fatal", wid, f"{device}: internal error {type(exc).__name__}: {exc}\n"
-                                   f"{traceback.format_exc()}"))
+                                   f"{traceback.format_exc()}", None))
         return
     results.put(("ready", wid, segmenter.device_name))
     while True:
@@ -421,6 +421,7 @@ def _run_workers(todo, out_dir, options, devices, threads, tracker: _Tracker) ->
         p.start()
     in_flight: dict[int, int] = {}  # worker -> index of the case it segments
     alive, fatal, finished = set(range(len(procs))), [], set()
+    fatal_type = None
     try:
         while len(finished) < len(todo) and alive:
             try:
@@ -447,13 +448,16 @@ def _run_workers(todo, out_dir, options, devices, threads, tracker: _Tracker) ->
                 tracker.finish(msg[3], segmented=True)
             elif kind == "fatal":
                 fatal.append(msg[2])
+                fatal_type = fatal_type or msg[3]
                 alive.discard(w)
                 print(f"warning: worker {msg[2]}", file=sys.stderr)
             elif kind == "exit":
                 alive.discard(w)
         if len(finished) < len(todo):
             if fatal and len(fatal) == len(procs):
-                raise ConfigError(f"no device could load the model: {fatal[0]}")
+                error = fatal_type if fatal_type and issubclass(fatal_type, VMambaXError) \
+                    else RuntimeError
+                raise error(f"no device could load the model: {'; '.join(fatal)}")
             for index, case in enumerate(todo):
                 if index not in finished:
                     tracker.finish({"id": case.id, "status": FAILED, "error":
