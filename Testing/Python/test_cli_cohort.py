@@ -161,6 +161,17 @@ def test_second_run_skips_verified_cases_and_redoes_stale_ones(reference, cases,
     assert [r["status"] for r in rows] == ["ok", "ok", "skipped", "failed"]
     assert _without_seconds(rows) == _without_seconds(reference[2])
 
+    # A CSV naming the same files resumes the folder's run; a label that cannot be read costs
+    # the Dice only, with a warning.
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"id,ct,pet,label\np0,{cases}/p0/ct.nii.gz,{cases}/p0/pet.nii.gz,"
+                      f"{tmp_path}/missing.nii.gz\n")
+    capsys.readouterr()
+    assert main(_args(listed, out, nano_file, "-q")) == 0
+    row = _rows(out / "summary.csv")[0]
+    assert row["status"] == "skipped" and row["dice"] == "" and "Dice not computed" in row["error"]
+    assert "warning: p0: Dice not computed" in capsys.readouterr().err
+
 
 def test_csv_list_on_two_cpu_workers(reference, case_list, nano_file, tmp_path, capsys):
     out = tmp_path / "out"

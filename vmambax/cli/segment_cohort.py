@@ -93,6 +93,9 @@ def _finish(rows, summary, seconds: float | None = None) -> int:
     took = f" in {_clock(seconds)}" if seconds is not None else ""
     print(f"{len(rows)} case(s){took}: {counts['ok']} ok, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; summary: {summary}")
+    noted = [r for r in rows if r.get("status") in ("ok", "skipped") and r.get("error")]
+    for r in noted:  # e.g. a ground-truth label that could not be compared (no Dice)
+        print(f"warning: {r['id']}: {r['error']}", file=sys.stderr)
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
         print(f"{len(failed)} case(s) failed:", file=sys.stderr)
