@@ -173,16 +173,28 @@ def test_second_run_skips_verified_cases_and_redoes_stale_ones(reference, cases,
     assert "warning: p0: Dice not computed" in capsys.readouterr().err
 
 
-def test_csv_list_on_two_cpu_workers(reference, case_list, nano_file, tmp_path, capsys):
+def test_csv_list_on_two_cpu_workers(reference, case_list, cases, nano_file, tmp_path, capsys):
+    from vmambax.data.suv import suv_factor_manual
+
+    # A fifth case: p0's PET in Bq/mL, with its weight and dose in the list's columns.
+    pet = sitk.ReadImage(str(cases / "p0" / "pet.nii.gz"))
+    sitk.WriteImage(pet / suv_factor_manual(70.0, 300.0, None).factor, str(tmp_path / "bq.nii.gz"))
+    listed = tmp_path / "list.csv"
+    listed.write_text(case_list.read_text().replace("pet_units\n", "pet_units,weight_kg,dose_mbq\n")
+                      .replace("cases/", f"{cases}/") +
+                      f"p0-bq,{cases}/p0/ct.nii.gz,{tmp_path}/bq.nii.gz,,bqml,70,300\n")
     out = tmp_path / "out"
-    rc = main(_args(case_list, out, nano_file, "--devices", "cpu,cpu"))
+    rc = main(_args(listed, out, nano_file, "--devices", "cpu,cpu"))
     assert rc == 3, capsys.readouterr().err
     rows = _rows(out / "summary.csv")
-    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed"]
-    assert rows[1]["dice"] == ""  # no label given for p1
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok", "failed", "ok"]
+    assert rows[1]["dice"] == "" and rows[4]["dice"] == ""  # no label given
     expected = _without_seconds(reference[2])
     expected[1]["dice"] = ""
-    assert _without_seconds(rows) == expected  # same results as one in-process worker
+    assert _without_seconds(rows[:4]) == expected  # same results as one in-process worker
+    assert float(rows[4]["suv_max"]) == pytest.approx(float(rows[0]["suv_max"]), rel=1e-3)
+    report = json.loads((out / "p0-bq" / "report.json").read_text())
+    assert report["pet"]["source_units"] == "BQML" and report["pet"]["weight_kg"] == 70.0
     assert "p3:" in capsys.readouterr().err
 
 
