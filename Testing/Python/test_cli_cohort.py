@@ -310,3 +310,10 @@ def test_model_that_no_worker_can_load_is_a_clear_error(case_list, nano_file, tm
     err = capsys.readouterr().err
     assert "error: no device could load the model" in err and "corrupt.pt" in err
     assert [r["status"] for r in _rows(out / "summary.csv")] == ["pending"] * 4
+
+
+def test_missing_model_fails_before_anything_is_written(cases, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_args(cases, out, tmp_path / "nope.pt")) == 2
+    assert "nope.pt does not exist" in capsys.readouterr().err
+    assert not out.exists()

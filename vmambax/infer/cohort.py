@@ -338,9 +338,9 @@ def run_cohort(cases: list[CohortCase], out_dir, *, options: CohortOptions | Non
     options = options or CohortOptions()
     devices = list(devices or ["cpu"])
     out_dir = Path(out_dir).expanduser()
+    sha = model_sha256(options.model)  # a bad model fails the run now, before anything is written
     _check_out_dir(out_dir)
     mine = shard_cases(cases, *shard) if shard else list(cases)
-    sha = model_sha256(options.model)  # a bad model fails the run now, before any case
     tracker = _Tracker(mine, out_dir / summary_name(shard), len(devices), progress)
     tracker.write()
 
