@@ -137,8 +137,12 @@ def test_cohort_segments_the_good_cases_and_lists_the_failure(reference, cases):
     assert not (out / "p3" / "label.nii.gz").exists()  # nothing half-written for the broken case
 
 
+def _no_model_needed(*args, **kwargs):
+    raise AssertionError("a cohort whose cases all verify must not load the model")
+
+
 def test_second_run_skips_verified_cases_and_redoes_stale_ones(reference, cases, nano_file,
-                                                              tmp_path, capsys):
+                                                              tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
     stamps = {i: (out / i / "label.nii.gz").stat().st_mtime_ns for i in IDS[:3]}
@@ -167,7 +171,8 @@ def test_second_run_skips_verified_cases_and_redoes_stale_ones(reference, cases,
     listed.write_text(f"id,ct,pet,label\np0,{cases}/p0/ct.nii.gz,{cases}/p0/pet.nii.gz,"
                       f"{tmp_path}/missing.nii.gz\n")
     capsys.readouterr()
-    assert main(_args(listed, out, nano_file, "-q")) == 0
+    monkeypatch.setattr("vmambax.infer.cohort._make_segmenter", _no_model_needed)
+    assert main(_args(listed, out, nano_file, "-q")) == 0  # all verified: the model is not loaded
     row = _rows(out / "summary.csv")[0]
     assert row["status"] == "skipped" and row["dice"] == "" and "Dice not computed" in row["error"]
     assert "warning: p0: Dice not computed" in capsys.readouterr().err
