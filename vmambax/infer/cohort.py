@@ -227,7 +227,7 @@ def segment_case(case: CohortCase, out_dir: Path, segmenter, options: CohortOpti
     try:
         if case.problem:
             raise InputError(case.problem)
-        result, report = segment_files(
+        result, _ = segment_files(
             case.ct, case.pet, label_path, report=report_path,
             preview=preview_path if options.previews else None,
             pet_units=case.pet_units or options.pet_units,
@@ -262,13 +262,12 @@ def _make_segmenter(options: CohortOptions, device: str, threads: int | None):
 class _Tracker:
     """Rows of this run, the summary file and progress/ETA (wall time per segmented case)."""
 
-    def __init__(self, cases, summary: Path, workers: int, progress: ProgressFn | None):
+    def __init__(self, cases, summary: Path, progress: ProgressFn | None):
         self.cases, self.summary, self.progress = cases, summary, progress
         self.rows = {c.id: pending_row(c.id) for c in cases}
         self.t0 = time.perf_counter()
         self.t_run: float | None = None  # when the first case started segmenting
         self.segmented = 0
-        self.workers = max(1, workers)
 
     def counts(self) -> dict:
         out = {OK: 0, SKIPPED: 0, FAILED: 0}
@@ -341,7 +340,7 @@ def run_cohort(cases: list[CohortCase], out_dir, *, options: CohortOptions | Non
     sha = model_sha256(options.model)  # a bad model fails the run now, before anything is written
     _check_out_dir(out_dir)
     mine = shard_cases(cases, *shard) if shard else list(cases)
-    tracker = _Tracker(mine, out_dir / summary_name(shard), len(devices), progress)
+    tracker = _Tracker(mine, out_dir / summary_name(shard), progress)
     tracker.write()
 
     todo = []
