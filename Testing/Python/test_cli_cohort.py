@@ -322,3 +322,26 @@ def test_missing_model_fails_before_anything_is_written(cases, tmp_path, capsys)
     assert main(_args(cases, out, tmp_path / "nope.pt")) == 2
     assert "nope.pt does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_killed_worker_fails_its_case_and_the_run_still_ends(case_list, nano_file, tmp_path):
+    import multiprocessing
+
+    from vmambax.infer.cohort import CohortOptions, run_cohort
+    from vmambax.infer.cohort_list import read_cases
+
+    killed = []
+
+    def progress(p):
+        if p.status is None and not killed:  # the first case was just handed to a worker
+            for child in multiprocessing.active_children():
+                child.kill()
+                killed.append(child)
+
+    result = run_cohort(read_cases(case_list), tmp_path / "out", devices=["cpu", "cpu"],
+                        options=CohortOptions(model=str(nano_file), threads=1), progress=progress)
+    assert len(killed) == 2
+    rows = _rows(tmp_path / "out" / "summary.csv")
+    assert [r["status"] for r in rows] == ["failed"] * 4 == [r["status"] for r in result.rows]
+    assert "worker on cpu stopped (exit code -9)" in rows[0]["error"]
+    assert all("stopped" in r["error"] for r in rows)

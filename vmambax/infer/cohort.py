@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import queue as _queue
 import sys
 import time
 import traceback
@@ -378,93 +377,120 @@ def _run_here(todo, out_dir, options, device, threads, tracker: _Tracker) -> Non
 
 
 # --------------------------------------------------------------------- worker processes
-def _worker(wid: int, device: str, threads, options: CohortOptions, out_dir: str, tasks, results):
-    """One device: load the model once, then segment cases from the queue until the sentinel."""
+# Each worker has its own pipe to the parent, which hands out one case at a time: no lock is
+# shared between workers, so one killed mid-message (out of memory, scancel) cannot block the
+# others, and its end of the pipe closing tells the parent which case it took with it.
+def _worker(device: str, threads, options: CohortOptions, out_dir: str, conn) -> None:
+    """One device: load the model once, then segment the cases the parent sends until None."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
     try:
         segmenter = _make_segmenter(options, device, threads)
     except VMambaXError as exc:  # its class travels too, so the parent raises the same kind
-        results.put(("fatal", wid, f"{device}: {exc}", type(exc)))
+        conn.send(("fatal", f"{device}: {exc}", type(exc)))
         return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
-        results.put(("fatal", wid, f"{device}: internal error {type(exc).__name__}: {exc}\n"
-                                   f"{traceback.format_exc()}", None))
+        conn.send(("fatal", f"{device}: internal error {type(exc).__name__}: {exc}\n"
+                            f"{traceback.format_exc()}", None))
         return
-    results.put(("ready", wid, segmenter.device_name))
+    conn.send(("ready", segmenter.device_name))
     while True:
-        item = tasks.get()
+        try:
+            item = conn.recv()
+        except EOFError:  # the parent is gone
+            return
         if item is None:
-            break
+            return
         index, case = item
-        results.put(("start", wid, index))
-        results.put(("done", wid, index, segment_case(case, Path(out_dir), segmenter, options)))
-    results.put(("exit", wid))
+        conn.send(("done", index, segment_case(case, Path(out_dir), segmenter, options)))
 
 
 def _run_workers(todo, out_dir, options, devices, threads, tracker: _Tracker) -> None:
+    import collections
     import multiprocessing as mp
+    from multiprocessing.connection import wait
 
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
-    tasks, results = ctx.Queue(), ctx.Queue()
-    for item in enumerate(todo):
-        tasks.put(item)
-    for _ in devices:
-        tasks.put(None)
-    procs = [ctx.Process(target=_worker, name=f"vmambax-cohort-{d}", daemon=True,
-                         args=(w, d, threads if d == "cpu" else None, options, str(out_dir),
-                               tasks, results))
-             for w, d in enumerate(devices)]
-    for p in procs:
-        p.start()
-    in_flight: dict[int, int] = {}  # worker -> index of the case it segments
-    alive, fatal, finished = set(range(len(procs))), [], set()
-    fatal_type = None
+    procs, conns = [], {}
+    for w, device in enumerate(devices):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, name=f"vmambax-cohort-{device}", daemon=True,
+                           args=(device, threads if device == "cpu" else None, options,
+                                 str(out_dir), child))
+        proc.start()
+        child.close()
+        procs.append(proc)
+        conns[w] = parent
+    waiting = collections.deque(range(len(todo)))
+    busy: dict[int, int] = {}  # worker -> index of the case it segments
+    fatal, fatal_type = [], None
+
+    def retire(w: int) -> None:
+        conns.pop(w).close()
+
+    def lost(w: int) -> None:
+        procs[w].join(timeout=5)
+        retire(w)
+        if w in busy:
+            index = busy.pop(w)
+            tracker.finish({"id": todo[index].id, "status": FAILED, "error":
+                            f"worker on {devices[w]} stopped (exit code {procs[w].exitcode}) "
+                            f"while segmenting this case; check its memory use, then rerun"},
+                           segmented=True)
+
+    def hand_out(w: int) -> None:
+        if not waiting:
+            conns[w].send(None)
+            retire(w)
+            return
+        index = waiting.popleft()
+        try:
+            conns[w].send((index, todo[index]))
+        except OSError:  # died since its last message
+            waiting.appendleft(index)
+            lost(w)
+            return
+        busy[w] = index
+        tracker.started(todo[index].id)
+
+    clean = False
     try:
-        while len(finished) < len(todo) and alive:
-            try:
-                msg = results.get(timeout=0.5)
-            except _queue.Empty:
-                for w in list(alive):
-                    if procs[w].exitcode is not None:  # died without saying so (killed, crashed)
-                        alive.discard(w)
-                        if w in in_flight:
-                            index = in_flight.pop(w)
-                            finished.add(index)
-                            tracker.finish({"id": todo[index].id, "status": FAILED, "error":
-                                            f"worker on {devices[w]} stopped (exit code "
-                                            f"{procs[w].exitcode}) while segmenting this case; "
-                                            f"check its memory use, then rerun"}, segmented=True)
-                continue
-            kind, w = msg[0], msg[1]
-            if kind == "start":
-                in_flight[w] = msg[2]
-                tracker.started(todo[msg[2]].id)
-            elif kind == "done":
-                in_flight.pop(w, None)
-                finished.add(msg[2])
-                tracker.finish(msg[3], segmented=True)
-            elif kind == "fatal":
-                fatal.append(msg[2])
-                fatal_type = fatal_type or msg[3]
-                alive.discard(w)
-                print(f"warning: worker {msg[2]}", file=sys.stderr)
-            elif kind == "exit":
-                alive.discard(w)
-        if len(finished) < len(todo):
+        while conns and (waiting or busy):
+            by_conn = {c: w for w, c in conns.items()}
+            for conn in wait(list(by_conn), timeout=1.0):
+                w = by_conn[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    lost(w)
+                    continue
+                if msg[0] == "ready":
+                    hand_out(w)
+                elif msg[0] == "done":
+                    busy.pop(w, None)
+                    tracker.finish(msg[2], segmented=True)
+                    hand_out(w)
+                elif msg[0] == "fatal":
+                    fatal.append(msg[1])
+                    fatal_type = fatal_type or msg[2]
+                    print(f"warning: worker {msg[1]}", file=sys.stderr)
+                    retire(w)
+        if waiting:
             if fatal and len(fatal) == len(procs):
                 error = fatal_type if fatal_type and issubclass(fatal_type, VMambaXError) \
                     else RuntimeError
                 raise error(f"no device could load the model: {'; '.join(fatal)}")
-            for index, case in enumerate(todo):
-                if index not in finished:
-                    tracker.finish({"id": case.id, "status": FAILED, "error":
-                                    "not segmented: every worker stopped "
-                                    f"({'; '.join(fatal) or 'see the errors above'})"}, False)
+            for index in waiting:
+                tracker.finish({"id": todo[index].id, "status": FAILED, "error":
+                                "not segmented: every worker stopped "
+                                f"({'; '.join(fatal) or 'see the errors above'})"}, False)
+        clean = True
     finally:
-        for p in procs:
-            p.join(timeout=5 if not alive else 0.1)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+        for conn in conns.values():
+            conn.close()  # a worker waiting for a case sees EOF and exits
+        for proc in procs:
+            proc.join(timeout=5 if clean else 0)  # interrupted: stop the workers now
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
