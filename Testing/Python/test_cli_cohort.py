@@ -345,3 +345,27 @@ def test_a_killed_worker_fails_its_case_and_the_run_still_ends(case_list, nano_f
     assert [r["status"] for r in rows] == ["failed"] * 4 == [r["status"] for r in result.rows]
     assert "worker on cpu stopped (exit code -9)" in rows[0]["error"]
     assert all("stopped" in r["error"] for r in rows)
+
+
+def test_shard_option_and_environment(reference, cases, nano_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(reference[0], out)
+    (out / "summary.csv").unlink()
+    listed = tmp_path / "list.csv"
+    listed.write_text("id,ct,pet\n" + "".join(f"{i},{cases}/{i}/ct.nii.gz,{cases}/{i}/pet.nii.gz\n"
+                                              for i in ("p0", "p1")))
+    monkeypatch.setattr("vmambax.infer.cohort._make_segmenter", _no_model_needed)  # all verify
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    assert main(_args(listed, out, nano_file, "--shard", "0/1")) == 0  # the whole list
+    assert [r["id"] for r in _rows(out / "summary.csv")] == ["p0", "p1"]
+    assert not list(out.glob("summary-shard-*"))
+    (out / "summary.csv").unlink()
+    assert main(_args(listed, out, nano_file)) == 0  # shard 0 of 2 from the environment
+    assert "shard 0 of 2 (from the SLURM" in capsys.readouterr().err
+    assert [r["id"] for r in _rows(out / "summary-shard-0-of-2.csv")] == ["p0"]
+    assert not (out / "summary.csv").exists()  # shard 1 has not run
+    assert main(_args(listed, out, nano_file, "--shard", "1/2")) == 0
+    assert [r["id"] for r in _rows(out / "summary-shard-1-of-2.csv")] == ["p1"]
+    assert [(r["id"], r["status"]) for r in _rows(out / "summary.csv")] == [
+        ("p0", "skipped"), ("p1", "skipped")]  # merged by the last shard

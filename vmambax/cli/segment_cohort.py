@@ -29,7 +29,8 @@ def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: --device)")
     g.add_argument("--shard", metavar="K/N",
                    help="segment only cases i with i %% N == K (default: from SLURM_ARRAY_TASK_ID "
-                        "or torchrun's RANK/WORLD_SIZE); writes DIR/summary-shard-K-of-N.csv")
+                        "or torchrun's RANK/WORLD_SIZE); writes DIR/summary-shard-K-of-N.csv; "
+                        "0/1: the whole list, e.g. in an array job that splits the work itself")
     g.add_argument("--merge", action="store_true",
                    help="merge the shard summaries into DIR/summary.csv and stop (the last shard "
                         "to finish also does this)")
@@ -126,7 +127,11 @@ def run_cohort_command(args) -> int:
     if args.merge:
         rows = merge_shards(out_dir, cases)
         return _finish(rows, out_dir / SUMMARY_NAME)
-    shard = parse_shard(args.shard) if args.shard else shard_from_env()
+    if args.shard:
+        shard, source = parse_shard(args.shard), "--shard"
+        shard = shard if shard[1] > 1 else None  # 0/1: the whole list, whatever the environment
+    else:
+        shard, source = shard_from_env(), "the SLURM array / torchrun environment"
     devices = parse_devices(args.devices or args.device)
     options = CohortOptions(
         model=args.model, batch_size=args.batch, threads=args.threads,
@@ -134,7 +139,7 @@ def run_cohort_command(args) -> int:
         weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
         previews=args.previews, overwrite=args.overwrite)
     if not args.quiet:
-        where = f"shard {shard[0]} of {shard[1]}: " if shard else ""
+        where = f"shard {shard[0]} of {shard[1]} (from {source}): " if shard else ""
         print(f"{where}{len(cases)} case(s) in the list, on {', '.join(devices)}", file=sys.stderr)
     update, close = progress_display(args.quiet)
     try:
