@@ -137,7 +137,7 @@ def run_cohort_command(args) -> int:
         model=args.model, batch_size=args.batch, threads=args.threads,
         amp=False if args.no_amp else None, compile=args.compile, pet_units=args.pet_units,
         weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
-        previews=args.previews, overwrite=args.overwrite)
+        previews=args.previews, overwrite=args.overwrite, all_slices=args.all_slices)
     if not args.quiet:
         where = f"shard {shard[0]} of {shard[1]} (from {source}): " if shard else ""
         print(f"{where}{len(cases)} case(s) in the list, on {', '.join(devices)}", file=sys.stderr)

@@ -44,6 +44,7 @@ class CohortOptions:
     uptake_minutes: float | None = None
     previews: bool = False
     overwrite: bool = False  # re-segment every case, even those whose outputs verify
+    all_slices: bool = False  # run every slice, not only the lung field (vmambax.infer.lung_field)
 
 
 @dataclasses.dataclass
@@ -254,7 +255,7 @@ def _make_segmenter(options: CohortOptions, device: str, threads: int | None):
     from vmambax.infer.segmenter import Segmenter
 
     return Segmenter(options.model, device=device, batch_size=options.batch_size, amp=options.amp,
-                     threads=threads, compile=options.compile)
+                     threads=threads, compile=options.compile, all_slices=options.all_slices)
 
 
 # ---------------------------------------------------------------------------- the cohort
