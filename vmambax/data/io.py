@@ -236,8 +236,8 @@ def read_image(path, *, series_uid: str | None = None, modality: str | None = No
                what: str = "The image"):
     """Read and validate a 3-D volume: a NIfTI/NRRD/MHA file, a DICOM folder or a .dcm file.
 
-    For DICOM, ``series_uid`` or ``modality`` (``"CT"``, ``"PT"``) picks the series; otherwise
-    the series with the most files is read.
+    For DICOM, ``series_uid`` or ``modality`` (``"CT"``, ``"PT"``) picks the series
+    (``dicom.pick_series``: several candidates are an error that lists them).
     """
     return read_image_source(path, series_uid=series_uid, modality=modality, what=what)[0]
 
@@ -286,6 +286,7 @@ class PetRead:
     source_units: str  # "SUV" (file), "GML", "BQML", "CNTS"
     series: _dicom.SeriesInfo | None = None
     notes: tuple[str, ...] = ()
+    tags: dict | None = None  # series-level DICOM tags (identity checks); None for files
 
     @property
     def is_dicom(self) -> bool:
@@ -315,8 +316,9 @@ def read_pet_info(path, units: str = "auto", weight_kg: float | None = None,
     image = sitk.Cast(image, sitk.sitkFloat32)
     suv: SuvFactor | None = None
     notes: list[str] = []
+    header = _dicom.series_tags(tags) if series is not None else None
     if series is not None and units != "suv":
-        series_level = _dicom.series_tags(tags)
+        series_level = dict(header)
         if units == "bqml" and not series_level.get("Units"):
             series_level["Units"] = "BQML"
         suv = suv_factor_from_tags(series_level, weight_kg=weight_kg, dose_mbq=dose_mbq,
@@ -346,7 +348,7 @@ def read_pet_info(path, units: str = "auto", weight_kg: float | None = None,
     check_pet_values(sitk.GetArrayViewFromImage(image), name, hint)
     if suv is not None:
         notes += list(suv.notes)
-    return PetRead(image, suv, source_units, series, tuple(notes))
+    return PetRead(image, suv, source_units, series, tuple(notes), header)
 
 
 def _per_slice_suv(image, tags, weight_kg, dose_mbq):
