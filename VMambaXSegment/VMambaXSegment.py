@@ -281,7 +281,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._populateDevices()  # a freshly installed CUDA torch adds the GPU
         return True
 
-    def onSegmentButton(self):
+    def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
+        from vmambax.data.patient import DifferentPatientsError
+
         p = self._parameterNode
         try:
             self._ensureDependencies()
@@ -289,7 +291,16 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The PET's DICOM SUV tags are looked up by the logic (Slicer's DICOM database).
             self._task = self.logic.segmentAsync(
                 p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
-                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None)
+                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None,
+                allowDifferentPatients=allowDifferentPatients)
+        except DifferentPatientsError as exc:  # ask, and run again only if the user confirms
+            self.ui.statusLabel.text = "Different patients: waiting for confirmation."
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\nSegment anyway?",
+                                               windowTitle="VMambaX: different patients?"):
+                self.onSegmentButton(allowDifferentPatients=True)
+            else:
+                self.ui.statusLabel.text = "Not started: the CT and PET are of different patients."
+            return
         except Exception as exc:
             show_error(exc, "VMambaX could not start")
             return
@@ -334,8 +345,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The user may have switched modules while it ran (exit() drops the parameter node).
         p = self._parameterNode or self.logic.getParameterNode()
         p.outputSegmentation = output.segmentationNode
+        warnings = "".join(f"\nWarning: {w}" for w in output.warnings)
         self.ui.statusLabel.text = (f"{output.summary()}\nPET: {output.petConversion}. "
-                                    "Review and correct the contour in Segment Editor.")
+                                    f"Review and correct the contour in Segment Editor.{warnings}")
+        if output.warnings:
+            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=p.petVolume,

@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 from vmambax.errors import ConfigError, InputError
 
+from vmambax.data.case import inspect_pair
 from VMambaXCommon.devices import available_devices
+from VMambaXCommon.dicom_tags import identity_tags_from_node
 from VMambaXSegmentLib import scene_output
 from VMambaXCommon.mrml_sitk import volume_node_to_image
 from VMambaXCommon.pet import pet_tags_from_node, pet_to_suv
@@ -38,6 +40,7 @@ class SegmentInputs:
     ct: Any  # SimpleITK image (HU), world geometry
     pet_suv: Any  # SimpleITK image (SUV), world geometry
     pet_conversion: str  # how the PET became SUV (shown to the user, stored on the output)
+    warnings: list = dataclasses.field(default_factory=list)  # to show in the status
 
 
 @dataclasses.dataclass
@@ -49,6 +52,7 @@ class SegmentOutput:
     tableNode: Any
     result: Any  # vmambax.infer.SegmentationResult (lesions, totals, timings, model, device)
     petConversion: str
+    warnings: list = dataclasses.field(default_factory=list)  # partial PET, other study, ...
 
     def summary(self) -> str:
         totals = self.result.totals or {}
@@ -96,9 +100,15 @@ class VMambaXSegmentLogic:
 
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",
-                petTags=None, weightKg: float | None = None,
-                doseMBq: float | None = None) -> SegmentInputs:
-        """Validate and read the inputs (main thread). Changes nothing in the scene."""
+                petTags=None, weightKg: float | None = None, doseMBq: float | None = None,
+                ctTags=None, allowDifferentPatients: bool = False) -> SegmentInputs:
+        """Validate and read the inputs (main thread). Changes nothing in the scene.
+
+        ``ctTags``/``petTags``: DICOM tag dicts (default: the nodes' DICOM files via Slicer's
+        database). Different PatientIDs raise ``DifferentPatientsError`` unless
+        ``allowDifferentPatients`` (the widget asks first); other problems worth knowing
+        (partial PET coverage, other study or frame of reference) come back as warnings.
+        """
         _check_volume(ctNode, "CT")
         _check_volume(petNode, "PET")
         if ctNode is petNode:
@@ -112,11 +122,16 @@ class VMambaXSegmentLogic:
                 raise InputError("the output segmentation is not in the CT's scene")
         if petTags is None and petUnits != "suv":
             petTags = pet_tags_from_node(petNode)  # Slicer's DICOM database; None elsewhere
+        if ctTags is None:
+            ctTags = identity_tags_from_node(ctNode)
+        petIdentity = petTags if petTags is not None else identity_tags_from_node(petNode)
         ct = volume_node_to_image(ctNode)
         pet = volume_node_to_image(petNode)
         pet_suv, conversion = pet_to_suv(pet, petUnits, petTags, weightKg, doseMBq,
                                          name=f"PET {petNode.GetName()!r}")
-        return SegmentInputs(ct=ct, pet_suv=pet_suv, pet_conversion=conversion)
+        _, notes = inspect_pair(ct, pet_suv, ct_tags=ctTags, pet_tags=petIdentity,
+                                allow_different_patients=allowDifferentPatients)
+        return SegmentInputs(ct=ct, pet_suv=pet_suv, pet_conversion=conversion, warnings=notes)
 
     def _segmenter(self, model, device, batchSize, progress, cancel):
         if self.segmenterClass is None:
@@ -130,7 +145,8 @@ class VMambaXSegmentLogic:
                      device: str = "auto", progress: ProgressFn | None = None,
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
-                     start: bool = True) -> BackgroundTask:
+                     start: bool = True, ctTags=None,
+                     allowDifferentPatients: bool = False) -> BackgroundTask:
         """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
 
         Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
@@ -141,7 +157,7 @@ class VMambaXSegmentLogic:
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
         inputs = self.prepare(ctNode, petNode, outputSegmentation, petUnits, petTags, weightKg,
-                              doseMBq)
+                              doseMBq, ctTags=ctTags, allowDifferentPatients=allowDifferentPatients)
 
         def compute(report, cancel):
             report(0.0, "Loading the model")
@@ -149,7 +165,9 @@ class VMambaXSegmentLogic:
             return segmenter.segment(inputs.ct, inputs.pet_suv)
 
         def apply(result):
-            return self._writeOutput(ctNode, outputSegmentation, result, inputs.pet_conversion)
+            output = self._writeOutput(ctNode, outputSegmentation, result, inputs.pet_conversion)
+            output.warnings = list(dict.fromkeys(inputs.warnings + list(result.warnings)))
+            return output
 
         task = BackgroundTask(compute, apply, progress)
         return task.start() if start else task
