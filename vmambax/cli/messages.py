@@ -37,16 +37,24 @@ def print_warnings(messages: Iterable[str], file=None) -> None:
         print(f"warning: {message}", file=file or sys.stderr)
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    stream = file or sys.stderr
-    if category.__module__.split(".")[0] == "vmambax":
-        text = f"warning: {message}"
-    else:
-        text = f"warning: {category.__name__}: {message} ({filename}:{lineno})"
-    try:
-        print(text, file=stream)
-    except OSError:  # stderr closed (a pipe): nothing sensible to do
-        pass
+def _warning_printer():
+    """A ``warnings.showwarning`` that prints each distinct message once per command."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__module__.split(".")[0] == "vmambax":
+            text = f"warning: {message}"
+        else:
+            text = f"warning: {category.__name__}: {message} ({filename}:{lineno})"
+        if text in seen:
+            return
+        seen.add(text)
+        try:
+            print(text, file=file or sys.stderr)
+        except OSError:  # stderr closed (a pipe): nothing sensible to do
+            pass
+
+    return show
 
 
 class _DropChatter(logging.Filter):
@@ -60,7 +68,7 @@ def user_facing_output():
     chatter = _DropChatter()
     loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _warning_printer()
         warnings.filterwarnings("ignore", message=PYDICOM_VR_LENGTH, category=UserWarning)
         for logger in loggers:
             logger.addFilter(chatter)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from vmambax.data.dicom import identity_tags
-from vmambax.data.io import (PetRead, check_pet_values, read_image_source, read_pet_info,
-                             validate_volume)
+from vmambax.data.io import (CT_AIR_HU, PetRead, check_pet_values, read_image_source,
+                             read_pet_info, validate_volume)
 from vmambax.data.orientation import image_axis_map
 from vmambax.data.patient import check_same_patient
 from vmambax.data.resample import (PARTIAL_OVERLAP_WARN, check_overlap,
@@ -28,7 +28,7 @@ from vmambax.data.resample import (PARTIAL_OVERLAP_WARN, check_overlap,
 from vmambax.data.suv import SuvFactor
 from vmambax.errors import InputError
 
-CT_AIR_PERCENTILE_HU = -500.0  # a CT's 1st percentile is air/lung, far below this
+CT_AIR_PERCENTILE_HU = CT_AIR_HU  # a CT's 1st percentile is air/lung, far below this
 MIN_PET_COVERAGE = 0.10  # a PET covering less of the CT than this is refused
 MAX_CT_PIXEL_MM = 20.0  # in-plane; diagnostic CTs have 0.5-1.5 mm pixels
 NON_SQUARE_PIXEL_RATIO = 1.02  # warn above this ratio of the in-plane spacings

@@ -32,6 +32,7 @@ from vmambax.utils import atomic_path
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 PET_UNITS = ("auto", "suv", "bqml")
+CT_AIR_HU = -500.0  # a CT's 1st percentile (air, lung) lies far below this; a PET's never does
 
 
 def _sitk():
@@ -367,10 +368,17 @@ def check_pet_values(suv: np.ndarray, what: str = "The PET", hint: str | None = 
     """Refuse a 'PET' that is really a CT (HU) or activity in Bq/mL."""
     sample = suv.ravel()[:: max(1, suv.size // 2_000_000)]
     p1 = float(np.percentile(sample, 1))
+    if p1 < CT_AIR_HU:  # air at -1000: a CT
+        raise InputError(f"{what} has many values far below 0 (1st percentile {p1:.4g}, like "
+                         "air at -1000): it looks like a CT in Hounsfield units, not a PET. Are "
+                         "the CT and PET inputs swapped?")
     if p1 < -1.0:
-        raise InputError(f"{what} has many values far below 0 (1st percentile {p1:.4g}): it "
-                         "looks like a CT in Hounsfield units, not a PET. Are the CT and PET "
-                         "inputs swapped?")
+        negative = float(np.mean(sample < 0))
+        raise InputError(f"{what} has many negative values ({negative:.0%} of the voxels below "
+                         f"0, 1st percentile {p1:.4g}), which activity or SUV cannot be: a wrong "
+                         "rescale intercept, a difference/subtracted image, or a reconstruction "
+                         "that keeps negative noise. Load the scanner's attenuation-corrected "
+                         "PET series (activity >= 0).")
     check_suv_plausible(suv, what=what, hint=hint)
 
 
