@@ -85,3 +85,44 @@ def test_absurd_ct_voxels_are_refused(scene_case):
     node = add_volume_node_from_image(scene, coarse, "coarse CT")
     with pytest.raises(InputError, match="more than 20 mm in-plane"):
         VMambaXSegmentLogic().prepare(node, pet)
+
+
+class _FakeDicomDatabase:
+    """Slicer's DICOM database, as far as the modules use it (instance UID -> file)."""
+
+    def __init__(self, files: dict[str, str]):
+        self.files = files
+
+    def fileForInstance(self, uid):  # noqa: N802 - Slicer's name
+        return self.files.get(uid, "")
+
+
+def test_identity_comes_from_the_nodes_dicom_instances(scene_case, tmp_path, monkeypatch):
+    """In Slicer the tags are read from the files behind the nodes' DICOM.instanceUIDs."""
+    import numpy as np
+    import pydicom
+    from dicom_helpers import pet_tags, write_series
+
+    from VMambaXCommon.dicom_tags import identity_tags_from_node
+
+    _, ct, pet, _ = scene_case
+    write_series(tmp_path / "ct", np.full((1, 4, 4), -1000.0), modality="CT", patient_id="PAT-1")
+    top, radio = pet_tags(units="GML")  # already SUV, as the phantom PET node is
+    write_series(tmp_path / "pet", np.full((1, 4, 4), 1.0), modality="PT", patient_id="PAT-2",
+                 pet_top=top, pet_radio=radio)
+    files = {}
+    for role, node in (("ct", ct), ("pet", pet)):
+        path = str(next((tmp_path / role).glob("*.dcm")))
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        files[uid] = path
+        node.SetAttribute("DICOM.instanceUIDs", uid)  # what Slicer's DICOM loader sets
+    try:
+        assert identity_tags_from_node(ct) is None  # slicer-core: no DICOM database
+        monkeypatch.setattr(slicer, "dicomDatabase", _FakeDicomDatabase(files), raising=False)
+        assert identity_tags_from_node(ct)["PatientID"] == "PAT-1"
+        with pytest.raises(DifferentPatientsError, match="PAT-1.*PAT-2"):
+            VMambaXSegmentLogic().prepare(ct, pet)
+        assert VMambaXSegmentLogic().prepare(ct, pet, allowDifferentPatients=True).warnings
+    finally:
+        for node in (ct, pet):
+            node.RemoveAttribute("DICOM.instanceUIDs")
