@@ -1,4 +1,4 @@
-"""Wrong patient, other study, other frame of reference, and folders with several series (issue 10.4).
+"""Wrong patient, other study or frame of reference, folders with several series (issue 10.4).
 
 DICOM written with the test writer (``dicom_helpers.write_series``) with altered identity tags.
 """

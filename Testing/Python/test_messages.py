@@ -124,9 +124,13 @@ def test_a_pickle_refused_by_the_weights_only_load_says_so(tmp_path, capsys):
         text = str(err.value)
         assert "weights-only load refuses" in text and "not executed" in text, text
         assert "truncated" not in text, text
-    assert main(["segment", "--ct", str(tmp_path / "ct.nii.gz"), "--pet", str(tmp_path / "p.nii.gz"),
-                 "-o", str(tmp_path / "l.nii.gz"), "--model", str(evil)]) == 2
-    assert not marker.exists()
+    sitk.WriteImage(_ct(), str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(_image(np.ones((6, 20, 20))), str(tmp_path / "p.nii.gz"))
+    assert main(["segment", "--ct", str(tmp_path / "ct.nii.gz"), "--pet",
+                 str(tmp_path / "p.nii.gz"), "-o", str(tmp_path / "l.nii.gz"), "--model",
+                 str(evil)]) == 2
+    assert "weights-only load refuses" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "l.nii.gz").exists()
     # A truncated file is still reported as damaged.
     good = tmp_path / "good.pt"
     torch.save({"w": torch.zeros(1000)}, good)
