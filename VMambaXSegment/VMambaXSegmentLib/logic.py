@@ -20,9 +20,9 @@ import dataclasses
 import json
 from typing import Any, Callable
 
+from vmambax.data.case import inspect_pair
 from vmambax.errors import ConfigError, InputError
 
-from vmambax.data.case import inspect_pair
 from VMambaXCommon.devices import available_devices
 from VMambaXCommon.dicom_tags import identity_tags_from_node
 from VMambaXSegmentLib import scene_output
@@ -166,7 +166,8 @@ class VMambaXSegmentLogic:
 
         def apply(result):
             output = self._writeOutput(ctNode, outputSegmentation, result, inputs.pet_conversion)
-            output.warnings = list(dict.fromkeys(inputs.warnings + list(result.warnings)))
+            more = list(getattr(result, "warnings", []))  # a custom segmenterClass may have none
+            output.warnings = list(dict.fromkeys(inputs.warnings + more))
             return output
 
         task = BackgroundTask(compute, apply, progress)
