@@ -82,8 +82,10 @@ def check_roles(ct, pet_suv) -> None:
 
 
 def check_ct_voxels(ct) -> list[str]:
-    """Refuse absurd CT voxels; warn about non-square pixels. Returns the warnings."""
-    sx, sy = (float(v) for v in ct.GetSpacing()[:2])
+    """Refuse absurd CT voxels; warn about non-square pixels. Returns the warnings.
+
+    "In-plane" is the axial plane the network sees (a sagittal acquisition is re-oriented)."""
+    _, sy, sx = image_axis_map(ct, what="The CT").axial_spacing(ct.GetSpacing())
     if max(sx, sy) > MAX_CT_PIXEL_MM:
         raise InputError(f"The CT has {sx:.3g} x {sy:.3g} mm pixels (more than "
                          f"{MAX_CT_PIXEL_MM:g} mm in-plane): that is not a diagnostic CT (a "
@@ -110,8 +112,7 @@ def inspect_pair(ct, pet_suv, *, ct_tags=None, pet_tags=None,
 
     validate_volume(ct, "The CT")
     validate_volume(pet_suv, "The PET")
-    image_axis_map(ct, what="The CT")  # refuses oblique CTs before any work
-    notes = check_ct_voxels(ct)
+    notes = check_ct_voxels(ct)  # also refuses oblique CTs (image_axis_map) before any work
     check_roles(ct, sitk.Cast(pet_suv, sitk.sitkFloat32))
     fraction = check_overlap(pet_suv, ct, ("PET", "CT"))
     if fraction < MIN_PET_COVERAGE:
