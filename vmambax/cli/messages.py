@@ -6,8 +6,8 @@
   <message> (<file>:<line>)`` (a library's real warnings still show);
 * silences pydicom's "value length exceeds the maximum length allowed for VR" warnings: real
   scanners write over-long values that pydicom reads fine, and one per file buries real news;
-* drops Lightning's "litlogger" advertisement and its GPU/TPU/HPU availability banner (the
-  device we train on is printed by ``vmambax train`` itself).
+* drops Lightning's "litlogger" advertisement and its GPU/TPU/HPU availability banner (with the
+  CUDA_VISIBLE_DEVICES line on GPUs): they say nothing about the run the user asked for.
 
 Commands print their own findings (``PetCtCase.warnings``, ``report["warnings"]``) with
 ``print_warnings`` in the same format. Everything is undone when the command returns, so
@@ -26,9 +26,11 @@ from collections.abc import Iterable
 # pydicom 2/3: "The value length (18) exceeds the maximum length of 16 allowed for VR SH."
 PYDICOM_VR_LENGTH = r"The value length \(\d+\) exceeds the maximum length of \d+ allowed for VR"
 # Lightning's INFO lines that are not about this run.
-LIGHTNING_CHATTER = re.compile(r"^(💡 Tip: .*litlogger|(GPU|TPU|HPU|IPU) available: )", re.S)
+LIGHTNING_CHATTER = re.compile(r"^(💡 Tip: .*litlogger|(GPU|TPU|HPU|IPU) available: |"
+                               r"LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: )", re.S)
 LIGHTNING_LOGGERS = ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                     "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+                     "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                     "pytorch_lightning.accelerators.cuda", "lightning.pytorch.accelerators.cuda")
 
 
 def print_warnings(messages: Iterable[str], file=None) -> None:
