@@ -277,7 +277,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._populateDevices()  # a freshly installed CUDA torch adds the GPU
         return True
 
-    def onSegmentButton(self):
+    def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
+        from vmambax.data.patient import DifferentPatientsError
+
         p = self._parameterNode
         try:
             self._ensureDependencies()
@@ -286,7 +288,15 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._task = self.logic.segmentAsync(
                 p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
                 petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None,
-                allSlices=p.allSlices)
+                allSlices=p.allSlices, allowDifferentPatients=allowDifferentPatients)
+        except DifferentPatientsError as exc:  # ask, and run again only if the user confirms
+            self.ui.statusLabel.text = "Different patients: waiting for confirmation."
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\nSegment anyway?",
+                                               windowTitle="VMambaX: different patients?"):
+                self.onSegmentButton(allowDifferentPatients=True)
+            else:
+                self.ui.statusLabel.text = "Not started: the CT and PET are of different patients."
+            return
         except Exception as exc:
             show_error(exc, "VMambaX could not start")
             return
@@ -332,7 +342,10 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The output selector stays the user's choice (empty: each CT gets its own output), so
         # the next run on another CT does not write into this CT's segmentation.
         p = self._parameterNode or self.logic.getParameterNode()
-        self.ui.statusLabel.text = output.statusText()  # says which rule set the PET units
+        # Says which rule set the PET units, and every warning (partial PET, other study, ...).
+        self.ui.statusLabel.text = output.statusText()
+        if output.warnings:
+            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=p.petVolume,

@@ -53,11 +53,13 @@ def _set_pet_tags(ds: Dataset, top: dict, radio: dict) -> None:
 def write_series(folder, array, *, modality: str, spacing=(1.0, 1.0, 2.0),
                  origin=(0.0, 0.0, 0.0), study_uid=None, frame_uid=None, series_uid=None,
                  pet_top: dict | None = None, pet_radio: dict | None = None,
-                 per_slice_acq_times=None, shuffle_names=True, seed=0) -> dict:
+                 per_slice_acq_times=None, shuffle_names=True, seed=0, patient_id="TEST001",
+                 description="", extra_tags: dict | None = None) -> dict:
     """Write ``array`` (z, y, x) as a DICOM series (axial, identity orientation).
 
     CT: int16 with RescaleIntercept -1024 (values HU). PET: uint16 with a per-slice
     RescaleSlope (values are Bq/mL, or whatever ``pet_top['Units']`` says).
+    ``patient_id``/``description``/``extra_tags`` alter the identity tags (wrong-patient tests).
     Returns the UIDs used.
     """
     folder = Path(folder)
@@ -80,7 +82,9 @@ def write_series(folder, array, *, modality: str, spacing=(1.0, 1.0, 2.0),
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
         ds.Modality = modality
-        ds.PatientName, ds.PatientID = "Test^Patient", "TEST001"
+        ds.PatientName, ds.PatientID = "Test^Patient", patient_id
+        if description:
+            ds.SeriesDescription = description
         ds.PatientBirthDate, ds.PatientSex = "19600101", "F"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
         ds.FrameOfReferenceUID = frame_uid
@@ -113,6 +117,8 @@ def write_series(folder, array, *, modality: str, spacing=(1.0, 1.0, 2.0),
             if per_slice_acq_times is not None:
                 top["AcquisitionTime"] = per_slice_acq_times[k]
             _set_pet_tags(ds, top, radio)
+        for keyword, value in (extra_tags or {}).items():
+            setattr(ds, keyword, value)
         ds.save_as(str(path), enforce_file_format=True)
     return {"study": study_uid, "frame": frame_uid, "series": series_uid}
 

@@ -5,7 +5,6 @@ synthetic phantoms and segmented with a small randomly initialised vmambax-nano 
 """
 
 import json
-import sys
 import threading
 from pathlib import Path
 

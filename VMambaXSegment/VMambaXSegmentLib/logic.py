@@ -20,10 +20,12 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from vmambax.data.case import check_not_swapped
+from vmambax.data.case import check_not_swapped, inspect_pair
+from vmambax.data.patient import check_same_patient
 from vmambax.errors import ConfigError, InputError
 
 from VMambaXCommon.devices import available_devices
+from VMambaXCommon.dicom_tags import identity_tags_from_node
 from VMambaXSegmentLib import scene_output
 from VMambaXCommon.mrml_sitk import volume_node_to_image
 from VMambaXCommon.pet import pet_node_to_suv
@@ -40,6 +42,7 @@ class SegmentInputs:
     pet_suv: Any  # SimpleITK image (SUV), world geometry
     pet_conversion: str  # how the PET became SUV (shown to the user, stored on the output)
     pet_units_rule: str = ""  # which rule decided the PET's units (VMambaXCommon.pet)
+    warnings: list = dataclasses.field(default_factory=list)  # to show in the status
 
 
 @dataclasses.dataclass
@@ -52,11 +55,13 @@ class SegmentOutput:
     result: Any  # vmambax.infer.SegmentationResult (lesions, totals, timings, model, device)
     petConversion: str
     petUnitsRule: str = ""
+    warnings: list = dataclasses.field(default_factory=list)  # partial PET, other study, ...
 
     def statusText(self) -> str:
         """The panel's status line after a run: result, how the PET became SUV and why."""
+        warnings = "".join(f"\nWarning: {w}" for w in self.warnings)
         return (f"{self.summary()}\nPET: {self.petConversion} [units: {self.petUnitsRule}]. "
-                "Review and correct the contour in Segment Editor.")
+                f"Review and correct the contour in Segment Editor.{warnings}")
 
     def summary(self) -> str:
         totals = self.result.totals or {}
@@ -110,13 +115,18 @@ class VMambaXSegmentLogic:
 
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",
-                petTags=None, weightKg: float | None = None,
-                doseMBq: float | None = None, petRwvmFile=None) -> SegmentInputs:
+                petTags=None, weightKg: float | None = None, doseMBq: float | None = None,
+                petRwvmFile=None, ctTags=None,
+                allowDifferentPatients: bool = False) -> SegmentInputs:
         """Validate and read the inputs (main thread). Changes nothing in the scene.
 
         Swapped CT and PET are refused before the PET's units are worked out, so the user is
-        told to swap them rather than asked for a weight and a dose. ``petRwvmFile(uid)``:
-        where the PET's RWVM file is (default: Slicer's DICOM database).
+        told to swap them rather than asked for a weight and a dose; so is another patient's PET.
+        ``petRwvmFile(uid)``: where the PET's RWVM file is (default: Slicer's DICOM database).
+        ``ctTags``/``petTags``: DICOM tag dicts (default: the nodes' DICOM files via Slicer's
+        database). Different PatientIDs raise ``DifferentPatientsError`` unless
+        ``allowDifferentPatients`` (the widget asks first); other problems worth knowing
+        (partial PET coverage, other study or frame of reference) come back as warnings.
         """
         _check_volume(ctNode, "CT")
         _check_volume(petNode, "PET")
@@ -130,15 +140,21 @@ class VMambaXSegmentLogic:
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
             scene_output.check_output_transform(outputSegmentation, ctNode)
+        if ctTags is None:
+            ctTags = identity_tags_from_node(ctNode)
+        petIdentity = petTags if petTags is not None else identity_tags_from_node(petNode)
         ct = volume_node_to_image(ctNode)
         pet = volume_node_to_image(petNode)
         check_not_swapped(ct, pet)  # before any question about the PET's units
+        check_same_patient(ctTags, petIdentity, allow_different_patients=allowDifferentPatients)
         # Units: the node's own (PETDICOMExtension), its RWVM, then the files' tags (Slicer's
         # DICOM database; None elsewhere), then the weight and dose.
         converted = pet_node_to_suv(petNode, petUnits, petTags, weightKg, doseMBq,
                                     rwvm_file=petRwvmFile, image=pet)
+        _, notes = inspect_pair(ct, converted.image, ct_tags=ctTags, pet_tags=petIdentity,
+                                allow_different_patients=allowDifferentPatients)
         return SegmentInputs(ct=ct, pet_suv=converted.image, pet_conversion=converted.conversion,
-                             pet_units_rule=converted.rule)
+                             pet_units_rule=converted.rule, warnings=notes)
 
     def _segmenter(self, model, device, batchSize, progress, cancel, allSlices=False):
         if self.segmenterClass is None:
@@ -152,7 +168,8 @@ class VMambaXSegmentLogic:
                      device: str = "auto", progress: ProgressFn | None = None,
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
-                     allSlices: bool = False, start: bool = True) -> BackgroundTask:
+                     allSlices: bool = False, start: bool = True, ctTags=None,
+                     allowDifferentPatients: bool = False) -> BackgroundTask:
         """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
 
         By default the network runs only on the slices around the CT's lungs (the others stay
@@ -166,7 +183,7 @@ class VMambaXSegmentLogic:
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
         inputs = self.prepare(ctNode, petNode, outputSegmentation, petUnits, petTags, weightKg,
-                              doseMBq)
+                              doseMBq, ctTags=ctTags, allowDifferentPatients=allowDifferentPatients)
 
         def compute(report, cancel):
             report(0.0, "Loading the model")
@@ -174,7 +191,10 @@ class VMambaXSegmentLogic:
             return segmenter.segment(inputs.ct, inputs.pet_suv)
 
         def apply(result):
-            return self._writeOutput(ctNode, outputSegmentation, result, inputs)
+            output = self._writeOutput(ctNode, outputSegmentation, result, inputs)
+            more = list(getattr(result, "warnings", []))  # a custom segmenterClass may have none
+            output.warnings = list(dict.fromkeys(inputs.warnings + more))
+            return output
 
         task = BackgroundTask(compute, apply, progress)
         return task.start() if start else task

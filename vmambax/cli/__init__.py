@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from vmambax import __version__
+from vmambax.cli.messages import user_facing_output
 from vmambax.errors import VMambaXError
 from vmambax.utils import prefer_passive_wait
 
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with user_facing_output():  # `warning: ...` lines, library chatter silenced
+            return int(args.func(args) or 0)
     except VMambaXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

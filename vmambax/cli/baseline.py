@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from vmambax.cli.messages import print_warnings
+from vmambax.cli.segment import add_identity_options
+
 
 def add_pet_unit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pet-units", choices=("auto", "suv", "bqml"), default="auto",
@@ -20,6 +23,27 @@ def read_pet_args(path: str, args: argparse.Namespace):
     from vmambax.data.io import read_pet
 
     return read_pet(path, args.pet_units, args.weight, args.dose, uptake_minutes=args.uptake_minutes)
+
+
+def read_inputs(args: argparse.Namespace):
+    """``(PET in SUV, CT or None, (CT DICOM folder or None, its series UID) or None, warnings)``.
+
+    With ``--ct`` the pair goes through the same checks as ``vmambax segment``
+    (``load_pet_ct``: roles, overlap, same patient) and the PET comes back on the CT grid.
+    """
+    if args.ct:
+        from vmambax.data.case import load_pet_ct
+
+        case = load_pet_ct(args.ct, args.pet, args.pet_units, args.weight, args.dose,
+                           uptake_minutes=args.uptake_minutes, ct_series_uid=args.ct_series,
+                           pet_series_uid=args.pet_series,
+                           allow_different_patients=args.allow_different_patients)
+        return case.pet_suv, case.ct, (case.ct_dicom_dir, case.ct_series_uid), case.warnings
+    from vmambax.data.io import read_pet_info
+
+    pet = read_pet_info(args.pet, args.pet_units, args.weight, args.dose,
+                        uptake_minutes=args.uptake_minutes, series_uid=args.pet_series)
+    return pet.image, None, None, list(pet.notes)
 
 
 def register(subparsers) -> None:
@@ -40,6 +64,7 @@ def register(subparsers) -> None:
                    help="SUV threshold (suv2.5) or hot-spot seed threshold (pct41); default 2.5")
     p.add_argument("--percent", type=float, default=41.0, help="percentage of SUVmax for pct41 (default 41)")
     add_pet_unit_options(p)
+    add_identity_options(p)
     p.add_argument("--report", metavar="JSON", help="also write the lesion table as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.set_defaults(func=run)
@@ -50,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vmambax.baselines import segment_pet
-    from vmambax.data.io import LABEL_SUFFIXES, read_image, write_label
+    from vmambax.data.io import LABEL_SUFFIXES, write_label
     from vmambax.errors import ConfigError, InputError
     from vmambax.metrics import quantify_lesions
     from vmambax.utils import atomic_path
@@ -64,15 +89,14 @@ def run(args: argparse.Namespace) -> int:
     for path in (out, Path(args.report) if args.report else None):
         if path is not None and path.exists() and not args.overwrite:
             raise InputError(f"{path} already exists: choose another name or pass --overwrite.")
-    pet = read_pet_args(args.pet, args)
-    ct = read_image(args.ct, modality="CT", what="The CT") if args.ct else None
-    if ct is not None:
-        from vmambax.data.resample import resample_to
-
-        pet = resample_to(pet, ct, "linear")
+    pet, ct, ct_series, notes = read_inputs(args)
+    print_warnings(notes)
     label = segment_pet(pet, args.method, threshold=args.threshold, percent=args.percent)
     q = quantify_lesions(label, pet)
-    write_label(label, out, reference=args.ct if name.endswith(".dcm") else None)
+    if name.endswith(".dcm"):
+        write_label(label, out, reference=ct_series[0], series_uid=ct_series[1])
+    else:
+        write_label(label, out)
     t = q["total"]
     grid = "CT" if ct is not None else "PET"
     print(f"{args.method}: {t['n_lesions']} region(s), MTV {t['mtv_ml']:.2f} mL, TLG {t['tlg']:.2f} "
@@ -82,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = dict(method=args.method, threshold=args.threshold,
                       percent=args.percent if args.method == "pct41" else None,
-                      pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), **q)
+                      pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), warnings=notes, **q)
         with atomic_path(args.report) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")

@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
     from vmambax import baselines
+    from vmambax.cli.messages import print_warnings
     from vmambax.cli.segment import print_summary, progress_bar
     from vmambax.data.phantom import default_case_id, make_phantom, write_case
     from vmambax.infer.pipeline import segment_files
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             segmenter=segmenter, progress=update)
     finally:
         close()
+    print_warnings(report["warnings"])
     print_summary(result, {"label": out / "label.nii.gz", "report": out / "report.json",
                            "preview": out / "preview.png", "case": case_dir})
 

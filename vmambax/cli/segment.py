@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vmambax.cli.messages import print_warnings
+
 MAX_TABLE_ROWS = 20  # lesions are sorted by MTV; the report has all of them
 
 
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--uptake-minutes", type=float, metavar="MIN",
                    help="injection-to-scan time, when the PET is decay-corrected to the scan start "
                         "and the DICOM tags lack the injection time")
+    add_identity_options(p)
     p.add_argument("--report", metavar="JSON", help="write a JSON report (lesions, timings, model)")
     p.add_argument("--preview", metavar="PNG", help="write a PNG preview (PET MIP + lesion slices)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -51,6 +54,17 @@ def register(subparsers) -> None:
 
     add_cohort_arguments(p)  # --cases LIST --out-dir DIR [--devices] [--shard] [--merge]
     p.set_defaults(func=run)
+
+
+def add_identity_options(p) -> None:
+    """Series choice in DICOM folders and the same-patient override (segment and baseline)."""
+    p.add_argument("--ct-series", metavar="UID", help="SeriesInstanceUID of the CT series, when "
+                   "the --ct folder holds several (the error lists them)")
+    p.add_argument("--pet-series", metavar="UID", help="SeriesInstanceUID of the PET series, when "
+                   "the --pet folder holds several")
+    p.add_argument("--allow-different-patients", action="store_true",
+                   help="accept DICOM CT and PET with different PatientIDs (same person under two "
+                        "IDs); refused by default")
 
 
 def progress_bar(quiet: bool):
@@ -124,9 +138,12 @@ def run(args: argparse.Namespace) -> int:
             weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
             overwrite=args.overwrite,
             threads=args.threads, amp=False if args.no_amp else None, compile=args.compile,
-            all_slices=args.all_slices, progress=update)
+            all_slices=args.all_slices, progress=update, ct_series_uid=args.ct_series,
+            pet_series_uid=args.pet_series,
+            allow_different_patients=args.allow_different_patients)
     finally:
         close()
+    print_warnings(report["warnings"])
     if not args.quiet:
         print_summary(result, {"label": args.output, "report": args.report, "preview": args.preview})
     return 0

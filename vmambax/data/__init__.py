@@ -8,6 +8,7 @@ Modules (see docs/ARCHITECTURE.md, "Data"):
 * ``resample``    image onto a reference grid in physical space, overlap checks
 * ``orientation`` exact re-orientation to axial slices and back
 * ``case``        ``load_pet_ct`` / ``make_case``: CT + PET(SUV) on the CT grid, with checks
+* ``patient``     same patient / study / frame of reference from the DICOM identity tags
 * ``preprocess``  the ONE preprocessing used by training export and inference
 * ``pclt``        PCLT20K reader and splits; ``pclt_export``: volumes -> PCLT20K layout
 * ``phantom``     synthetic PET/CT cases (separate module)

@@ -2,7 +2,7 @@
 
 A DICOM *input* is a folder. Every series under it (sub-folders included, as DICOM exports
 nest them) is listed with GDCM; one is picked by SeriesInstanceUID, else by modality (CT or PT,
-so one study folder can serve as both inputs), else the one with the most files.
+so one study folder can serve as both inputs); several candidates are an error listing them.
 Slices are ordered by GDCM along the slice normal; a series with missing slices (uneven
 spacing) is refused because its geometry would be wrong.
 """
@@ -79,18 +79,34 @@ def is_dicom_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and bool(find_series(path))
 
 
+_SERIES_OPTION = {"CT": "--ct-series UID (Python: ct_series_uid=)",
+                  "PT": "--pet-series UID (Python: pet_series_uid=)"}
+
+
+def describe_series(series: Sequence[SeriesInfo], limit: int = 10) -> str:
+    """One line per series: modality, description, slice count, SeriesInstanceUID, folder."""
+    lines = [f"  {s.modality or '?'} '{s.description or 'no description'}', {len(s.files)} "
+             f"slices, UID {s.uid} (in {s.folder})" for s in series[:limit]]
+    if len(series) > limit:
+        lines.append(f"  ... and {len(series) - limit} more")
+    return "\n".join(lines)
+
+
 def pick_series(folder: str | os.PathLike, series_uid: str | None = None,
                 modality: str | None = None) -> SeriesInfo:
-    """The series to read from ``folder`` (see the module docstring)."""
+    """The series to read from ``folder``: the one with ``series_uid``, else the only one of
+    ``modality`` (``"CT"``/``"PT"``), else the only one. Several candidates are never resolved
+    silently (a second CT reconstruction or a non-attenuation-corrected PET looks just as
+    valid): the error lists them and asks for the UID. This is the one series picker."""
     series = find_series(folder)
     if not series:
         raise InputError(f"No DICOM series found in {folder}; point to the folder that holds the "
                          "image's .dcm files, or to a NIfTI/NRRD/MHA file.")
     if series_uid:
-        chosen = [s for s in series if s.uid == series_uid]
+        chosen = [s for s in series if s.uid == str(series_uid).strip()]
         if not chosen:
-            listing = "; ".join(str(s) for s in series[:5])
-            raise InputError(f"Series {series_uid} is not in {folder}; it holds: {listing}.")
+            raise InputError(f"Series {series_uid} is not in {folder}; it holds:\n"
+                             f"{describe_series(series)}")
         return chosen[0]
     if modality:
         same = [s for s in series if s.modality.upper() == modality.upper()]
@@ -100,7 +116,13 @@ def pick_series(folder: str | os.PathLike, series_uid: str | None = None,
             listing = ", ".join(sorted({s.modality for s in series}))
             raise InputError(f"{folder} holds no {modality} series (only {listing}); did you "
                              "swap the CT and PET inputs?")
-    return max(series, key=lambda s: len(s.files))
+    if len(series) > 1:
+        option = _SERIES_OPTION.get((modality or "").upper(), "series_uid=UID")
+        kind = f"{modality.upper()} " if modality else ""
+        raise InputError(f"{folder} holds {len(series)} {kind}series, and VMambaX does not guess "
+                         f"which one you mean; choose one with {option}:\n"
+                         f"{describe_series(series)}")
+    return series[0]
 
 
 def tags_from_dataset(ds) -> dict[str, Any]:
@@ -136,6 +158,11 @@ def read_tags(files: Sequence[str]) -> list[dict[str, Any]]:
             raise InputError(f"Cannot read the DICOM file {f}: {exc}. The file is damaged or "
                              "not DICOM; re-export the series.") from None
     return out
+
+
+def identity_tags(series: SeriesInfo) -> dict[str, Any]:
+    """The first file's tags: patient, study and frame of reference are the same in every file."""
+    return read_tags(series.files[:1])[0]
 
 
 def series_tags(per_file: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from vmambax.utils import atomic_path
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 PET_UNITS = ("auto", "suv", "bqml")
+CT_AIR_HU = -500.0  # a CT's 1st percentile (air, lung) lies far below this; a PET's never does
 
 
 def _sitk():
@@ -236,8 +237,8 @@ def read_image(path, *, series_uid: str | None = None, modality: str | None = No
                what: str = "The image"):
     """Read and validate a 3-D volume: a NIfTI/NRRD/MHA file, a DICOM folder or a .dcm file.
 
-    For DICOM, ``series_uid`` or ``modality`` (``"CT"``, ``"PT"``) picks the series; otherwise
-    the series with the most files is read.
+    For DICOM, ``series_uid`` or ``modality`` (``"CT"``, ``"PT"``) picks the series
+    (``dicom.pick_series``: several candidates are an error that lists them).
     """
     return read_image_source(path, series_uid=series_uid, modality=modality, what=what)[0]
 
@@ -286,6 +287,7 @@ class PetRead:
     source_units: str  # "SUV" (file), "GML", "BQML", "CNTS"
     series: _dicom.SeriesInfo | None = None
     notes: tuple[str, ...] = ()
+    tags: dict | None = None  # series-level DICOM tags (identity checks); None for files
 
     @property
     def is_dicom(self) -> bool:
@@ -315,8 +317,9 @@ def read_pet_info(path, units: str = "auto", weight_kg: float | None = None,
     image = sitk.Cast(image, sitk.sitkFloat32)
     suv: SuvFactor | None = None
     notes: list[str] = []
+    header = _dicom.series_tags(tags) if series is not None else None
     if series is not None and units != "suv":
-        series_level = _dicom.series_tags(tags)
+        series_level = dict(header)
         if units == "bqml" and not series_level.get("Units"):
             series_level["Units"] = "BQML"
         suv = suv_factor_from_tags(series_level, weight_kg=weight_kg, dose_mbq=dose_mbq,
@@ -346,7 +349,7 @@ def read_pet_info(path, units: str = "auto", weight_kg: float | None = None,
     check_pet_values(sitk.GetArrayViewFromImage(image), name, hint)
     if suv is not None:
         notes += list(suv.notes)
-    return PetRead(image, suv, source_units, series, tuple(notes))
+    return PetRead(image, suv, source_units, series, tuple(notes), header)
 
 
 def _per_slice_suv(image, tags, weight_kg, dose_mbq):
@@ -365,10 +368,17 @@ def check_pet_not_ct(values: np.ndarray, what: str = "The PET") -> None:
     """Refuse a 'PET' that is really a CT (HU); holds for Bq/mL and SUV alike."""
     sample = values.ravel()[:: max(1, values.size // 2_000_000)]
     p1 = float(np.percentile(sample, 1))
+    if p1 < CT_AIR_HU:  # air at -1000: a CT
+        raise InputError(f"{what} has many values far below 0 (1st percentile {p1:.4g}, like "
+                         "air at -1000): it looks like a CT in Hounsfield units, not a PET. Are "
+                         "the CT and PET inputs swapped?")
     if p1 < -1.0:
-        raise InputError(f"{what} has many values far below 0 (1st percentile {p1:.4g}): it "
-                         "looks like a CT in Hounsfield units, not a PET. Are the CT and PET "
-                         "inputs swapped?")
+        negative = float(np.mean(sample < 0))
+        raise InputError(f"{what} has many negative values ({negative:.0%} of the voxels below "
+                         f"0, 1st percentile {p1:.4g}), which activity or SUV cannot be: a wrong "
+                         "rescale intercept, a difference/subtracted image, or a reconstruction "
+                         "that keeps negative noise. Load the scanner's attenuation-corrected "
+                         "PET series (activity >= 0).")
 
 
 def check_pet_values(suv: np.ndarray, what: str = "The PET", hint: str | None = None) -> None:

@@ -389,9 +389,9 @@ def suv_factor_from_tags(tags: Mapping, *, weight_kg: float | None = None,
             scan = _scan_start(tags, decay_correction)
             if injection[0] is None:
                 missing.append("RadiopharmaceuticalStartTime (0018,1072)")
-            if scan is None:
-                missing.append("SeriesTime (0008,0031)" if decay_correction == "START"
-                               else "AcquisitionTime (0008,0032)")
+            if scan is None:  # START falls back on the acquisition time: both are missing
+                missing.append("SeriesTime (0008,0031) and AcquisitionTime (0008,0032)"
+                               if decay_correction == "START" else "AcquisitionTime (0008,0032)")
             if injection[0] is not None and scan is not None:
                 elapsed, more = _elapsed_seconds(injection, scan)
                 notes += more

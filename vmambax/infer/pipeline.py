@@ -116,10 +116,14 @@ class _Stages:
 def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model="default",
                   device="auto", batch_size=None, pet_units="auto", weight_kg=None,
                   dose_mbq=None, uptake_minutes=None, overwrite=False, threads=None, amp=None,
-                  compile=False, progress=None, cancel=None, segmenter=None, all_slices=False):
+                  compile=False, progress=None, cancel=None, segmenter=None, all_slices=False,
+                  ct_series_uid=None, pet_series_uid=None, allow_different_patients=False):
     """Segment one PET/CT pair from files and write the outputs. Returns ``(result, report)``.
 
     ``segmenter`` reuses an already loaded ``Segmenter`` (batch scripts over many cases).
+    ``ct_series_uid``/``pet_series_uid`` pick a series in a DICOM folder that holds several;
+    ``allow_different_patients`` accepts DICOM CT and PET of different PatientIDs.
+    ``report["warnings"]`` lists what the user must be told (the CLI prints it on stderr).
     Raises a ``VMambaXError`` (nothing written) for every user-fixable problem.
     """
     from vmambax.data.case import load_pet_ct
@@ -144,7 +148,9 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
     t = time.perf_counter()
     stages(0.02, "Reading CT and PET")
     case = load_pet_ct(ct_path, pet_path, pet_units=pet_units, weight_kg=weight_kg,
-                       dose_mbq=dose_mbq, uptake_minutes=uptake_minutes)
+                       dose_mbq=dose_mbq, uptake_minutes=uptake_minutes,
+                       ct_series_uid=ct_series_uid, pet_series_uid=pet_series_uid,
+                       allow_different_patients=allow_different_patients)
     t_load = time.perf_counter() - t
 
     own_progress, segmenter.progress = segmenter.progress, stages.scaled(0.1, 0.9)
@@ -172,6 +178,7 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
                  "preview": str(plan.preview) if plan.preview else None},
         timings={**({"model_load": round(t_model, 4)} if own_segmenter else {}),
                  "load": round(t_load, 4), "write": 0.0})
+    report_data["warnings"] = list(dict.fromkeys(case.warnings + result.warnings))
     _write_all(plan, result, case, png, report_data, report_json, t, t_all)
     stages(1.0, f"Done: {len(result.lesions)} lesion(s)")
     return result, report_data

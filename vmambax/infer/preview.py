@@ -14,6 +14,8 @@ import numpy as np
 CT_DISPLAY_WINDOW = (-1350.0, 150.0)  # lung window (W 1500, L -600): tumour and parenchyma visible
 PET_MIN_DISPLAY_SUV = 1.0  # below this the fused PET overlay is transparent
 MAX_AXIAL = 3
+MIN_MIP_SLICES = 2  # a coronal MIP of one slice is a line: not drawn
+MAX_PANEL_RATIO = 3.0  # width / height of a panel at most
 
 
 def _lps_arrays(ct, pet, label):
@@ -37,6 +39,20 @@ def _body_box(ct: np.ndarray, margin: int = 8) -> tuple[slice, slice]:
     ys, xs = np.nonzero(body)
     return (slice(max(ys.min() - margin, 0), ys.max() + margin + 1),
             slice(max(xs.min() - margin, 0), xs.max() + margin + 1))
+
+
+def _outline(ax, mask: np.ndarray, color: str, *, origin: str, aspect: float) -> None:
+    """The mask's outline; matplotlib's contour needs at least 2 x 2 values, so a strip (one
+    slice or one row) is shaded instead."""
+    if not mask.any():
+        return
+    if min(mask.shape) >= 2:
+        ax.contour(mask, levels=[0.5], colors=color, linewidths=1.0)
+        return
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(np.ma.masked_equal(mask, 0), cmap=ListedColormap([color]), alpha=0.5,
+              origin=origin, aspect=aspect, interpolation="nearest")
 
 
 def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
@@ -66,40 +82,42 @@ def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
         z = int(np.unravel_index(np.argmax(pet_a), pet_a.shape)[0])
         picks = [(z, "", "no lesion segmented (slice at PET max)")]
 
-    # Panel sizes follow the physical extents, so nothing is squashed.
+    # Panel sizes follow the physical extents, so nothing is squashed; a very flat MIP (few
+    # slices) is kept to a sensible panel width, and a single slice gets no MIP at all.
+    show_mip = ct_a.shape[0] >= MIN_MIP_SLICES
     mip_w, mip_h = ct_a.shape[2] * sx, ct_a.shape[0] * sz
     ax_w, ax_h = ct_a.shape[2] * sx, ct_a.shape[1] * sy
     height = 4.2
-    widths = [height * mip_w / mip_h] + [height * ax_w / ax_h] * len(picks)
+    widths = ([height * min(mip_w / mip_h, MAX_PANEL_RATIO)] if show_mip else []) + \
+        [height * min(ax_w / ax_h, MAX_PANEL_RATIO)] * len(picks)
     fig = Figure(figsize=(sum(widths) + 0.6, height + 1.0), dpi=dpi, facecolor="white")
     FigureCanvasAgg(fig)
     grid = fig.add_gridspec(1, len(widths), width_ratios=widths, wspace=0.05)
 
-    # Coronal maximum-intensity projection (along y = anterior->posterior), inverted grey as in
-    # nuclear-medicine reading; origin="lower" puts the head (superior, larger z) at the top.
-    ax = fig.add_subplot(grid[0, 0])
-    ax.imshow(pet_a.max(axis=1), cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
-              aspect=sz / sx, interpolation="bilinear")
-    mask_mip = lab_a.max(axis=1)
-    if mask_mip.any():
-        ax.contour(mask_mip, levels=[0.5], colors="red", linewidths=1.0)
-    for z, tag, _ in picks:
-        if tag:
-            ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
-            ax.text(ct_a.shape[2] - 1, z, f" {tag}", color="tab:blue", fontsize=7, va="center")
-    ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}), segmentation in red", fontsize=8)
-    ax.set_axis_off()
+    if show_mip:
+        # Coronal maximum-intensity projection (along y = anterior->posterior), inverted grey
+        # as in nuclear-medicine reading; origin="lower" puts the head (larger z) at the top.
+        ax = fig.add_subplot(grid[0, 0])
+        ax.imshow(pet_a.max(axis=1), cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
+                  aspect=sz / sx, interpolation="bilinear")
+        _outline(ax, lab_a.max(axis=1), "red", origin="lower", aspect=sz / sx)
+        for z, tag, _ in picks:
+            if tag:
+                ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
+                ax.text(ct_a.shape[2] - 1, z, f" {tag}", color="tab:blue", fontsize=7,
+                        va="center")
+        ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}), segmentation in red", fontsize=8)
+        ax.set_axis_off()
 
     for k, (z, _tag, caption) in enumerate(picks):
-        axk = fig.add_subplot(grid[0, 1 + k])
+        axk = fig.add_subplot(grid[0, int(show_mip) + k])
         axk.imshow(ct_a[z], cmap="gray", vmin=CT_DISPLAY_WINDOW[0], vmax=CT_DISPLAY_WINDOW[1],
                    aspect=sy / sx, interpolation="bilinear")
         # Fused PET: only clearly avid voxels are coloured, so the CT stays readable.
         overlay = np.ma.masked_less(pet_a[z], max(PET_MIN_DISPLAY_SUV, 0.3 * vmax))
         axk.imshow(overlay, cmap="hot", vmin=0, vmax=vmax, alpha=0.6, aspect=sy / sx,
                    interpolation="bilinear")
-        if lab_a[z].any():
-            axk.contour(lab_a[z], levels=[0.5], colors="cyan", linewidths=1.0)
+        _outline(axk, lab_a[z], "cyan", origin="upper", aspect=sy / sx)
         axk.set_title(f"axial slice {z}: {caption}", fontsize=8)
         axk.set_axis_off()
 

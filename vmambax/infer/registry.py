@@ -17,10 +17,12 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from vmambax.errors import ConfigError, InputError, ModelFileError
+from vmambax.model.pretrained import path_problem
 from vmambax.utils import atomic_path, user_dir
 
 MODELS_DIR_ENV = "VMAMBAX_MODELS_DIR"
@@ -95,9 +97,23 @@ def user_models() -> list[ModelEntry]:
     return _read_registry(user_registry_path(), "user")
 
 
+class RegistryWarning(UserWarning):
+    """The user's registry is unreadable; the shipped models are used without it."""
+
+
 def list_models() -> list[ModelEntry]:
-    """Shipped models first, then the user's; names are unique (``add_user_model`` enforces it)."""
-    return shipped_models() + user_models()
+    """Shipped models first, then the user's; names are unique (``add_user_model`` enforces it).
+
+    An unreadable user registry does not take the shipped models down with it: it is skipped
+    with a ``RegistryWarning`` (``add_user_model`` still refuses to overwrite it).
+    """
+    try:
+        mine = user_models()
+    except ConfigError as exc:
+        warnings.warn(f"{exc}. Using only the shipped models until then.", RegistryWarning,
+                      stacklevel=2)
+        mine = []
+    return shipped_models() + mine
 
 
 def default_model() -> ModelEntry:
@@ -153,6 +169,8 @@ def resolve_model(spec: str | os.PathLike = "default",
     looks_like_path = path.suffix in (".pt", ".pth", ".ckpt") or os.sep in spec_str or "/" in spec_str
     if path.is_file():
         return path, None
+    if path.is_dir():
+        raise InputError(path_problem(path, "model file"))
     if looks_like_path and not any(e.name == spec_str for e in list_models()):
         raise InputError(f"model file {path} does not exist; check the path, or use a registered "
                          f"model name (`vmambax models list`)")
@@ -231,16 +249,18 @@ def add_user_model(name: str, path: str | os.PathLike, description: str = "",
                           f"(max 64), not {' / '.join(DEFAULT_ALIASES)}")
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise InputError(f"model file {file} does not exist")
+        raise InputError(path_problem(file, "model file"))
     if any(e.name == name for e in shipped_models()):
         raise ConfigError(f"{name!r} is a shipped model name; choose another name")
     existing = user_models()
     if any(e.name == name for e in existing) and not overwrite:
         raise ConfigError(f"a model named {name!r} is already registered; pass --overwrite to "
                           f"replace it, or choose another name")
-    from vmambax.model import model_file_info
+    from vmambax.model.checkpoint import load_model_file
 
-    info = model_file_info(file)  # raises ModelFileError for non-model / corrupt files
+    # Built and loaded as segmenting would (strict): a file of another architecture, or one
+    # that is not a model at all, is refused now rather than at the user's first segmentation.
+    _model, info = load_model_file(file, map_location="cpu")
     entry = ModelEntry(name=name, config=str(info.get("config", "")), description=description,
                        file=str(file), sha256=sha256_file(file), source="user")
     _write_user_registry([e for e in existing if e.name != name] + [entry])

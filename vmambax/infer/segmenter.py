@@ -52,6 +52,7 @@ class SegmentationResult:
     n_slices: int  # axial slices in the volume
     n_slices_run: int = 0  # slices the network ran on (the lung field, or all)
     slice_selection: dict = dataclasses.field(default_factory=dict)  # lung_field summary
+    warnings: list[str] = dataclasses.field(default_factory=list)  # for the user's eyes
 
     @property
     def slices_per_second(self) -> float:
@@ -183,10 +184,11 @@ class Segmenter:
     def segment(self, ct, pet_suv) -> SegmentationResult:
         """Segment ``ct`` (HU) + ``pet_suv`` (SUV) SimpleITK images. A PET on another grid is
         resampled onto the CT; swapped or non-overlapping inputs raise ``InputError``. The label
-        has exactly the CT's size, spacing, origin and direction."""
+        has exactly the CT's size, spacing, origin and direction; ``result.warnings`` holds what
+        the user should be told (partial PET coverage, non-square pixels)."""
         import SimpleITK as sitk
-        from vmambax.data.case import check_roles, make_case
-        from vmambax.data.io import check_same_grid, validate_volume
+        from vmambax.data.case import inspect_pair, make_case
+        from vmambax.data.io import check_same_grid
 
         for name, image in (("CT", ct), ("PET", pet_suv)):
             if not isinstance(image, sitk.Image):
@@ -195,15 +197,15 @@ class Segmenter:
         try:
             check_same_grid(pet_suv, ct, "The PET", "the CT")
         except InputError:
-            pet_suv = make_case(ct, pet_suv).pet_suv  # validates, checks roles/overlap, resamples
+            case = make_case(ct, pet_suv)  # validates, checks roles/overlap, resamples
+            pet_suv, notes = case.pet_suv, case.warnings
         else:
-            validate_volume(ct, "The CT")
-            validate_volume(pet_suv, "The PET")
+            _, notes = inspect_pair(ct, pet_suv)  # the same checks, no resampling needed
             pet_suv = sitk.Cast(pet_suv, sitk.sitkFloat32)
-            check_roles(ct, pet_suv)
         t_resample = time.perf_counter() - t0
         result = self._run(ct, pet_suv)
         result.timings["resample"] = round(t_resample, 4)
+        result.warnings = list(notes)
         return result
 
     def segment_arrays(self, ct_hu: np.ndarray, pet_suv: np.ndarray,

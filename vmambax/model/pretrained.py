@@ -23,11 +23,53 @@ _CLASSIFIER_PREFIXES = ("classifier.", "head.", "norm.")  # top-level norm feeds
 _FRESH_PREFIXES = ("out_norms.",)  # per-stage out-norms are not in ImageNet checkpoints
 
 
+def path_problem(path: Path, what: str) -> str | None:
+    """Why ``path`` cannot be a model/checkpoint file (missing, a folder), or None if it is a file."""
+    if path.is_file():
+        return None
+    if path.is_dir():
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in (".pt", ".pth", ".ckpt"))
+        found = (f"; it holds {', '.join(str(path / n) for n in inside[:4])}" if inside else
+                 "; `vmambax train` writes RUN_DIR/model.pt")
+        return (f"{what} {path} is a folder, not a file: give the model file itself (a .pt "
+                f"written by `vmambax train` or `vmambax export`){found}.")
+    return f"{what} not found: {path} does not exist. Check the path."
+
+
+def describe_load_failure(exc: BaseException, path, what: str = "checkpoint") -> str:
+    """A user-facing message for a failed ``torch.load(weights_only=True)``.
+
+    A pickle that holds arbitrary Python objects is refused by the weights-only unpickler before
+    anything in it runs; that is not damage, and saying "truncated" would send the user looking
+    for the wrong problem (or tempt them to load it unsafely).
+    """
+    import pickle
+
+    text = str(exc)
+    # The unpickler's words for "an object it will not build" (vs. a damaged byte stream, which
+    # it reports as an unsupported operand or a bad length).
+    refused = ("GLOBAL", "allowlisted", "add_safe_globals")
+    if isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in text.lower() \
+            and any(word in text for word in refused):
+        detail = next((ln.strip().rstrip(".") for ln in text.splitlines()
+                       if any(word in ln for word in refused)), "")
+        detail = detail.split(". Please use")[0][:200]
+        return (f"{what} {path} holds Python objects that a weights-only load refuses"
+                + (f" ({detail})" if detail else "") + ", so it is not a VMambaX/PyTorch weights "
+                "file; it was not executed. Use a file written by `vmambax train`/`vmambax "
+                "export` (or the authors' checkpoint); if it is your own file, re-save only its "
+                "state dict (tensors).")
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return (f"cannot read {what} {path}: {first[:300]}. The file is damaged (corrupt or "
+            "truncated) or not a PyTorch file; re-download or re-copy it.")
+
+
 def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bool = False):
     """``torch.load(weights_only=True)`` with every failure turned into a ModelFileError."""
     path = Path(os.fspath(path)).expanduser()
-    if not path.is_file():
-        raise ModelFileError(f"{what} not found: {path}. Check the path.")
+    problem = path_problem(path, what)
+    if problem:
+        raise ModelFileError(problem)
     try:
         try:
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
@@ -37,11 +79,7 @@ def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bo
             # memory-mapping needs the zip format; legacy files load the ordinary way
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with disallowed globals, truncated file ...
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFileError(
-            f"cannot read {what} {path}: {text[:300]}. The file is corrupt, truncated, not a PyTorch "
-            "file, or contains Python objects that are not loaded for safety (weights_only=True); "
-            "re-download it or save only its state dict.") from None
+        raise ModelFileError(describe_load_failure(exc, path, what)) from None
 
 
 def _rename(key: str) -> str:

@@ -49,8 +49,10 @@ def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelFileError(f"training checkpoint {path} does not exist.") from None
-    except Exception as exc:  # a truncated or foreign file
-        raise ModelFileError(f"cannot read training checkpoint {path}: {exc}") from None
+    except Exception as exc:  # a truncated or foreign file, or a refused pickle
+        from vmambax.model.pretrained import describe_load_failure
+
+        raise ModelFileError(describe_load_failure(exc, path, "training checkpoint")) from None
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not state:
         raise ModelFileError(f"{path} is not a VMambaX training checkpoint (no state_dict).")

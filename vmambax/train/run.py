@@ -52,8 +52,10 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"checkpoint {path} does not exist; give --resume RUN_DIR/checkpoints/last.ckpt "
                          "of an earlier run (or start a new run without --resume).") from None
     except Exception as exc:
-        raise InputError(f"cannot read checkpoint {path} ({exc}); it may be truncated. Resume from "
-                         "another checkpoint in the same folder.") from None
+        from vmambax.model.pretrained import describe_load_failure
+
+        raise InputError(f"{describe_load_failure(exc, path)} To resume, give another checkpoint "
+                         "of the run (RUN_DIR/checkpoints/).") from None
     hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     if HPARAMS_KEY not in hp:
         raise InputError(f"{path} is not a `vmambax train` checkpoint (no training configuration in it).")
