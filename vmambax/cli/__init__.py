@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "baseline",
     "phantom",
     "export",
+    "import_",
     "models",
     "info",
     "bench",
