@@ -23,19 +23,29 @@ _CLASSIFIER_PREFIXES = ("classifier.", "head.", "norm.")  # top-level norm feeds
 _FRESH_PREFIXES = ("out_norms.",)  # per-stage out-norms are not in ImageNet checkpoints
 
 
-def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bool = False):
-    """``torch.load(weights_only=True)`` with every failure turned into a ModelFileError."""
+def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bool = False,
+                    allow: tuple = ()):
+    """``torch.load(weights_only=True)`` with every failure turned into a ModelFileError.
+
+    ``allow``: classes the weights-only unpickler may also build, for this load only (e.g.
+    ``argparse.Namespace``, which the authors' checkpoints hold as their hyper-parameters);
+    ``torch.serialization.safe_globals`` scopes the permission to this call.
+    """
+    import contextlib
+
     path = Path(os.fspath(path)).expanduser()
     if not path.is_file():
         raise ModelFileError(f"{what} not found: {path}. Check the path.")
+    scope = torch.serialization.safe_globals(list(allow)) if allow else contextlib.nullcontext()
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except Exception:
-            if not mmap:
-                raise
-            # memory-mapping needs the zip format; legacy files load the ordinary way
-            return torch.load(path, map_location=map_location, weights_only=True)
+        with scope:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except Exception:
+                if not mmap:
+                    raise
+                # memory-mapping needs the zip format; legacy files load the ordinary way
+                return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with disallowed globals, truncated file ...
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelFileError(
