@@ -14,9 +14,10 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
-def write_rtstruct(path, rois, frame_of_reference_uid: str, *, patient_id: str = "TEST") -> Path:
+def write_rtstruct(path, rois, frame_of_reference_uid: str, *, patient_id: str = "TEST",
+                   series_uid: str | None = None) -> Path:
     """Write an RTSTRUCT. ``rois``: ``[(name, [contour (n, 3) mm array or (array, type)], ...)]``
-    (ROI numbers 1, 2, ...)."""
+    (ROI numbers 1, 2, ...); ``series_uid``: the image series it refers to (RT Referenced Series)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = RTSTRUCT_STORAGE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -32,6 +33,13 @@ def write_rtstruct(path, rois, frame_of_reference_uid: str, *, patient_id: str =
     ds.StructureSetLabel = "test"
     ref = Dataset()
     ref.FrameOfReferenceUID = frame_of_reference_uid
+    if series_uid:
+        series, study = Dataset(), Dataset()
+        series.SeriesInstanceUID = series_uid
+        study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
+        study.ReferencedSOPInstanceUID = ds.StudyInstanceUID
+        study.RTReferencedSeriesSequence = Sequence([series])
+        ref.RTReferencedStudySequence = Sequence([study])
     ds.ReferencedFrameOfReferenceSequence = Sequence([ref])
     ds.StructureSetROISequence = Sequence()
     ds.ROIContourSequence = Sequence()

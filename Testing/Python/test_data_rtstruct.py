@@ -266,3 +266,28 @@ def test_real_sts001_import_command_checks_the_frame_of_reference(tmp_path):
     mass = read_dicom_label(REAL / "pet_raw_bqml/mask/1-1.dcm", pet_ref, structure="GTV_Mass",
                             frame_of_reference_uid=frame_of_reference_of(ct))
     assert _dice(sitk.GetArrayFromImage(mass.label), sitk.GetArrayFromImage(pet_ref)) >= 0.95
+
+
+def test_import_picks_the_referenced_ct_series_in_a_study_folder(tmp_path, case_dir, truth, ct_image,
+                                                                 for_uid, capsys):
+    import datetime as dt
+
+    from vmambax.data import dicom as _dicom
+    from vmambax.data.dicom_write import StudyInfo, write_ct_series
+
+    study = tmp_path / "study"
+    shutil.copytree(case_dir / "dicom" / "ct", study / "ct")
+    # another CT (another scan: own frame of reference) with more slices, which the usual
+    # "most files" pick would take
+    bigger = sitk.ConstantPad(sitk.ReadImage(str(case_dir / "ct.nii.gz")), [0, 0, 0], [0, 0, 2], -1000)
+    other = StudyInfo("X", "Other^Scan", "O", 70.0, 1.7, dt.datetime(2024, 1, 1, 9), uid_seed="other-scan")
+    write_ct_series(bigger, study / "ct2", other, dt.datetime(2024, 1, 1, 9))
+    ct_uid = _dicom.pick_series(case_dir / "dicom" / "ct").uid
+    contours = label_contours(truth, ct_image)
+    out = tmp_path / "label.nii.gz"
+    unreferenced = write_rtstruct(tmp_path / "plain.dcm", [("GTV", contours)], for_uid)
+    assert main(["import", "--ct", str(study), "--rtstruct", str(unreferenced), "-o", str(out)]) == 2
+    assert "frame of reference" in capsys.readouterr().err  # it took the other scan, and said so
+    referenced = write_rtstruct(tmp_path / "ref.dcm", [("GTV", contours)], for_uid, series_uid=ct_uid)
+    assert main(["import", "--ct", str(study), "--rtstruct", str(referenced), "-o", str(out)]) == 0
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), truth)

@@ -30,16 +30,19 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from vmambax.data.dicom_label import frame_of_reference_of, read_dicom_label
+    from vmambax.data.dicom_label import ct_series_for, frame_of_reference_of, read_dicom_label
     from vmambax.data.io import read_image_source, write_label
     from vmambax.errors import InputError
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:  # refuse before reading anything
         raise InputError(f"{out} exists; choose another --output or pass --overwrite.")
-    ct, series = read_image_source(args.ct, modality="CT", what="The CT")
+    # A study folder with several CT series: take the one the annotation says it was drawn on.
+    uid = ct_series_for(args.ct, args.rtstruct) if Path(args.ct).is_dir() else None
+    ct, series = read_image_source(args.ct, series_uid=uid, modality="CT", what="The CT")
     imported = read_dicom_label(args.rtstruct, ct, structure=args.roi,
-                                frame_of_reference_uid=frame_of_reference_of(args.ct))
+                                frame_of_reference_uid=frame_of_reference_of(
+                                    args.ct, series.uid if series is not None else None))
     for note in imported.notes:
         print(f"warning: {note}", file=sys.stderr)
     reference = series.folder if out.name.lower().endswith(".dcm") and series is not None else ct

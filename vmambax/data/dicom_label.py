@@ -21,14 +21,41 @@ from vmambax.errors import InputError
 GRID_TOLERANCE = 0.1  # voxels: how far a SEG pixel may sit from a CT voxel centre
 
 
-def frame_of_reference_of(path) -> str | None:
+def referenced_series_uids(path) -> list[str]:
+    """The SeriesInstanceUIDs an RTSTRUCT (RT Referenced Series) or a SEG (Referenced Series)
+    names as the images it was drawn on."""
+    ds = dcmread(path, stop_before_pixels=True)
+    uids = [str(series.get("SeriesInstanceUID", ""))
+            for ref in ds.get("ReferencedFrameOfReferenceSequence", [])
+            for study in ref.get("RTReferencedStudySequence", [])
+            for series in study.get("RTReferencedSeriesSequence", [])]
+    uids += [str(series.get("SeriesInstanceUID", "")) for series in ds.get("ReferencedSeriesSequence", [])]
+    return [u for u in uids if u]
+
+
+def ct_series_for(ct_folder, label_path) -> str | None:
+    """The CT series of ``ct_folder`` that the annotation refers to, when the folder holds
+    several CT series and one of them is referenced; None otherwise (the usual pick applies)."""
+    from vmambax.data import dicom as _dicom
+
+    cts = [s for s in _dicom.find_series(ct_folder) if s.modality.upper() == "CT"]
+    if len(cts) < 2:
+        return None
+    try:
+        wanted = set(referenced_series_uids(label_path))
+    except Exception:  # unreadable: read_dicom_label reports it properly
+        return None
+    return next((s.uid for s in cts if s.uid in wanted), None)
+
+
+def frame_of_reference_of(path, series_uid: str | None = None) -> str | None:
     """The FrameOfReferenceUID of a CT given as a DICOM folder or file; None for other files."""
     from vmambax.data import dicom as _dicom
 
     path = Path(path)
     try:
         if path.is_dir():
-            series = _dicom.pick_series(path, None, "CT")
+            series = _dicom.pick_series(path, series_uid, "CT")
             first = series.files[0]
         elif path.suffix.lower() == ".dcm":
             first = str(path)
