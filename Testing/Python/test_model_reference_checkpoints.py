@@ -206,3 +206,28 @@ def test_cipa_checkpoint_with_its_crm_converts_exactly(tmp_path):
     with torch.inference_mode():
         for a, b in zip(cipa.crm[3](c, p), loaded.crm[3](c, p)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ablation", ["dual-vmamba-baseline", "vmambax-no-cgm", "vmambax-no-dcim"])
+def test_reference_listing_drops_to_each_real_ablation(ablation):
+    """The reference's own key listing (53.4 M, always with CGM and DCIM) minus the dropped
+    weights is exactly the ablation's state dict (names and shapes), for the real configs."""
+    from pathlib import Path
+
+    from vmambax.model.checkpoint import _drop_unused
+    from vmambax.model.reference_keys import from_reference_state_dict
+
+    tsv = Path(__file__).resolve().parent.parent / "Data" / "reference-state-dict-keys.tsv"
+    ref = {}
+    for line in tsv.read_text().splitlines():
+        if line.startswith(("#", "name\t")) or not line.strip():
+            continue
+        name, shape = line.split("\t")
+        ref[name] = torch.empty(tuple(int(s) for s in shape.strip("()").split(",") if s.strip()),
+                                device="meta")
+    state = from_reference_state_dict({"state_dict": {"model." + k: v for k, v in ref.items()}})
+    kept, dropped, message = _drop_unused(state, get_config(ablation), ablation)
+    with torch.device("meta"):
+        own = build_model(ablation).state_dict()
+    assert {k: tuple(v.shape) for k, v in kept.items()} == {k: tuple(v.shape) for k, v in own.items()}
+    assert dropped and message and ablation in message[0]
