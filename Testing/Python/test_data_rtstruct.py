@@ -10,7 +10,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from rtstruct_helpers import index_to_physical, label_contours, write_rtstruct
+from rtstruct_helpers import label_contours, write_rtstruct
 from vmambax.cli import main
 from vmambax.data.dicom_label import frame_of_reference_of, read_dicom_label
 from vmambax.data.rtstruct import fill_even_odd, rtstruct_to_label

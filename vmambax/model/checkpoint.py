@@ -181,8 +181,9 @@ def _recognise(path, obj) -> tuple[str, dict, list[str], list[str]]:
         f"{Path(path).name} is an authors' checkpoint with CGM and DCIM weights, which the reference "
         "code saves even when a model was trained without them (its README's commands train with "
         f"both off), so the file cannot tell '{name}' from its ablations. Loaded as '{name}' (CGM + "
-        "DCIM). If it was trained without --use_cgm/--use_dcim, load it with --config "
-        "dual-vmamba-baseline (neither), vmambax-no-cgm or vmambax-no-dcim."], []
+        "DCIM). If it was trained without --use_cgm/--use_dcim, name its configuration: "
+        f"`vmambax models convert {Path(path).name} OUT.pt --config dual-vmamba-baseline` (neither; "
+        "or vmambax-no-cgm, vmambax-no-dcim), or load_model_file(..., config=...)."], []
 
 
 def _drop_unused(state: dict, cfg, name: str) -> tuple[dict, list[str], list[str]]:
