@@ -145,23 +145,63 @@ def oriented_image_from_array(array: np.ndarray, ijk_to_ras_matrix: np.ndarray):
     return oriented
 
 
+def _segment_labelmap(segmentation_node, segment_id: str, reference):
+    """(labelmap, label value) of one segment; converted onto ``reference``'s grid when the
+    segmentation has no binary labelmap yet.
+
+    Segmentations made from contours (SlicerRT's RTSTRUCT import, models, STL) hold only a
+    planar-contour or closed-surface representation until something converts them. We convert a
+    copy of the one segment, with the CT as the conversion's reference geometry (the finest grid
+    the label is needed on), so the user's segmentation node is not changed.
+    """
+    import slicer
+
+    converter = slicer.vtkSegmentationConverter
+    binary = converter.GetBinaryLabelmapRepresentationName()
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise InputError(f"{segmentation_node.GetName()!r} has no segment {segment_id!r}; pick "
+                         f"the tumour segment again")
+    labelmap = slicer.vtkOrientedImageData()
+    if segmentation.ContainsRepresentation(binary):
+        if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+                segmentation_node, segment_id, labelmap, False):
+            raise InputError(f"segment {segment.GetName()!r} of {segmentation_node.GetName()!r} "
+                             f"has no binary labelmap; open it in Segment Editor once to create one")
+        return labelmap, segment.GetLabelValue()
+    source = segmentation.GetSourceRepresentationName()
+    copy = slicer.vtkSegmentation()
+    copy.SetSourceRepresentationName(source)
+    if not copy.CopySegmentFromSegmentation(segmentation, segment_id):
+        raise InputError(f"segment {segment.GetName()!r} of {segmentation_node.GetName()!r} "
+                         f"could not be read (source representation {source!r})")
+    copy.SetConversionParameter(converter.GetReferenceImageGeometryParameterName(),
+                                converter.SerializeImageGeometry(reference))
+    if not copy.CreateRepresentation(binary) or not copy.GetSegment(segment_id).GetRepresentation(binary):
+        raise InputError(f"segment {segment.GetName()!r} of {segmentation_node.GetName()!r} is "
+                         f"stored as {source!r} and cannot be converted to a labelmap here; in "
+                         f"the Segmentations module, create its 'Binary labelmap' representation "
+                         f"(planar contours from an RTSTRUCT need the SlicerRT extension)")
+    converted = copy.GetSegment(segment_id)
+    labelmap.DeepCopy(converted.GetRepresentation(binary))
+    return labelmap, converted.GetLabelValue()
+
+
 def segment_to_array(segmentation_node, segment_id: str, reference_node) -> np.ndarray:
     """A segment's binary labelmap resampled onto ``reference_node``'s voxel grid, ``(z, y, x)``.
 
     The segment keeps its own geometry in the segmentation (it may be cropped to its extent or
     on another grid); nearest-neighbour resampling to the reference grid gives a mask that lines
-    up voxel for voxel with the reference volume.
+    up voxel for voxel with the reference volume. A segment stored only as contours or a closed
+    surface (an RTSTRUCT imported with SlicerRT) is converted onto the reference grid first.
     """
     import slicer
 
-    labelmap = slicer.vtkOrientedImageData()
-    if not slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
-            segmentation_node, segment_id, labelmap, False):
-        raise InputError(f"segment {segment_id!r} of {segmentation_node.GetName()!r} has no "
-                         f"binary labelmap; open it in Segment Editor once to create one")
     reference = oriented_image_from_array(
         np.zeros(array_from_volume_node(reference_node).shape, np.uint8),
         ijk_to_ras(reference_node, world=False))
+    labelmap, label_value = _segment_labelmap(segmentation_node, segment_id, reference)
     resampled = slicer.vtkOrientedImageData()
     if not slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
             labelmap, reference, resampled, False, False):
@@ -170,5 +210,4 @@ def segment_to_array(segmentation_node, segment_id: str, reference_node) -> np.n
     dims = resampled.GetDimensions()
     scalars = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars())
     # Shared (multi-segment) labelmaps store several segments as different label values.
-    label_value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
     return (scalars.reshape(dims[2], dims[1], dims[0]) == label_value).astype(np.uint8)

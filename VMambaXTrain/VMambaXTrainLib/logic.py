@@ -27,10 +27,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vmambax.data.rtstruct import TUMOUR_WORDS as TUMOUR_SEGMENT_WORDS  # one list: ROIs, segments
 from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
 
-TUMOUR_SEGMENT_WORDS = ("tumour", "tumor", "lesion", "neoplasm", "gtv", "cancer", "nodule", "mass")
 TERMINAL_EVENTS = ("done", "stopped", "error")
 
 

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "baseline",
     "phantom",
     "export",
+    "import_",
     "models",
     "info",
     "bench",

@@ -1,4 +1,4 @@
-"""``vmambax models``: list, add, remove, verify and download registered models."""
+"""``vmambax models``: list, add, remove, verify, download and convert models."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def register(subparsers) -> None:
     ver.add_argument("name", nargs="?", help="one model (default: all with a local file)")
     dl = sub.add_parser("download", help="download a remote model into the cache now")
     dl.add_argument("name")
+    cv = sub.add_parser(
+        "convert", help="convert an authors' vMambaX/CIPA checkpoint into a VMambaX model file",
+        description="Read a checkpoint of the authors' code (plain state dict, Lightning .ckpt, or "
+                    "{'model', 'args'} .pth; vMambaX or CIPA) and write a VMambaX model file that "
+                    "records its configuration. The reference saves CGM and DCIM weights even for "
+                    "models trained without them: name the ablation with --config "
+                    "(e.g. dual-vmamba-baseline) and its unused weights are dropped.")
+    cv.add_argument("checkpoint", help="the authors' checkpoint (.ckpt, .pth)")
+    cv.add_argument("output", help="VMambaX model file to write (.pt)")
+    cv.add_argument("--config", help="configuration it was trained as (default: recognised from "
+                    "the weights, with a warning where they cannot tell; see `vmambax info`)")
+    cv.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.set_defaults(func=run)
 
 
@@ -65,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         path, _entry = registry.resolve_model(args.name, progress=_print_progress())
         print(f"\n{args.name}: {path}")
         return 0
+    if action == "convert":
+        return _convert(args)
     if action == "verify":
         from vmambax.errors import ModelFileError, VMambaXError
 
@@ -86,6 +100,34 @@ def run(args: argparse.Namespace) -> int:
             raise ModelFileError(f"{len(failed)} model(s) failed verification: {', '.join(failed)}")
         return 0
     raise AssertionError(action)
+
+
+def _convert(args) -> int:
+    import sys
+    from pathlib import Path
+
+    from vmambax.errors import InputError, ModelFileError
+    from vmambax.model.checkpoint import load_model_file, save_model_file
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"{out} exists; choose another output name or pass --overwrite.")
+    model, info = load_model_file(args.checkpoint, config=args.config, warn=False)
+    if info["format"] != "reference":
+        raise ModelFileError(f"{args.checkpoint} is already a VMambaX model file "
+                             f"(config '{info['config']}'); use it with --model as it is.")
+    for message in info["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
+    for note in info["notes"]:
+        print(note)
+    metadata = {"converted_from": Path(args.checkpoint).name, "reference_layout": info.get("layout"),
+                "dropped_unused_tensors": len(info["dropped"]), "warnings": info["warnings"]}
+    save_model_file(out, model, config_name=info["config"], preprocessing={}, metadata=metadata)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{args.checkpoint} ({info.get('layout')} layout) -> {out}: configuration "
+          f"'{info['config']}', {n:,} parameters"
+          + (f", {len(info['dropped'])} unused tensors dropped" if info["dropped"] else ""))
+    return 0
 
 
 def _print_progress():

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help=HELP, description=HELP, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="PCLT20K-layout folder (train.txt ...) or a folder of volume "
-                   "cases (<case>/ct.nii.gz, pet.nii.gz, label.nii.gz)")
+                   "cases (<case>/ct.nii.gz, pet.nii.gz, label.nii.gz or label.dcm: RTSTRUCT/DICOM SEG)")
     p.add_argument("--config", help="model configuration (default vmambax; see `vmambax info`)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder: checkpoints, "
                    "model.pt, progress.jsonl")

@@ -46,7 +46,8 @@ LUNG_HU = (-950.0, -500.0)
 LUNG_MIN_FRACTION = 0.02
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha", "dicom/ct")
 PET_NAMES = ("pet.nii.gz", "pet.nii", "pet.nrrd", "pet.mha", "dicom/pet")
-LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd", "label.mha", "label.seg.nrrd")
+# label.dcm: an RTSTRUCT (contours, placed by patient mm) or a DICOM SEG (vmambax.data.dicom_label)
+LABEL_NAMES = ("label.nii.gz", "label.nii", "label.nrrd", "label.mha", "label.seg.nrrd", "label.dcm")
 
 
 @dataclasses.dataclass
@@ -57,6 +58,7 @@ class VolumeCase:
     ct: Any
     pet_suv: Any
     label: Any
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. from reading label.dcm
 
 
 @dataclasses.dataclass
@@ -128,7 +130,7 @@ def _export_one(case: VolumeCase, cid: str, tmp: Path, size: int, ratio: float, 
 
     label = as_binary_label(case.label, case.ct, f"The label of case {case.case_id}")
     pct = make_case(case.ct, case.pet_suv)
-    warnings_out += [f"{case.case_id}: {w}" for w in pct.warnings]
+    warnings_out += [f"{case.case_id}: {w}" for w in list(case.notes) + list(pct.warnings)]
     axes = image_axis_map(pct.ct)
     ct_ax = axes.to_axial(sitk.GetArrayViewFromImage(pct.ct))
     pet_ax = axes.to_axial(sitk.GetArrayViewFromImage(pct.pet_suv))
@@ -242,7 +244,8 @@ def find_case_folders(cases_dir) -> list[tuple[str, dict[str, Path]]]:
             incomplete.append(f"{folder.name} (no {', '.join(missing)})")
     if incomplete:
         raise InputError(f"Incomplete case folder(s) in {cases_dir}: {'; '.join(incomplete)}. "
-                         "Each case needs ct.nii.gz, pet.nii.gz (SUV) and label.nii.gz.")
+                         "Each case needs ct.nii.gz, pet.nii.gz (SUV) and label.nii.gz (or label.dcm: "
+                         "an RTSTRUCT or DICOM SEG).")
     if not found:
         raise InputError(f"No case folders in {cases_dir}: expected {cases_dir}/<case_id>/ with "
                          "ct.nii.gz (HU), pet.nii.gz (SUV) and label.nii.gz (CT grid).")
@@ -252,8 +255,30 @@ def find_case_folders(cases_dir) -> list[tuple[str, dict[str, Path]]]:
 def load_case_folder(case_id: str, paths: dict[str, Path], pet_units: str = "auto") -> VolumeCase:
     ct = read_image(paths["ct"], modality="CT", what=f"The CT of case {case_id}")
     pet = read_pet_info(paths["pet"], pet_units).image
+    if paths["label"].name.lower().endswith(".dcm"):
+        label, notes = _dicom_label(case_id, paths, ct)
+        return VolumeCase(case_id, ct, pet, label, notes)
     label = read_label(paths["label"], ct, what=f"The label of case {case_id}")
     return VolumeCase(case_id, ct, pet, label)
+
+
+def _dicom_label(case_id: str, paths: dict[str, Path], ct):
+    """label.dcm (RTSTRUCT or SEG) on the case's CT grid. Its frame of reference is checked
+    against the case's DICOM CT (the ct path itself, or dicom/ct next to a ct.nii.gz)."""
+    from vmambax.data.dicom_label import frame_of_reference_of, read_dicom_label
+
+    folder = paths["label"].parent
+    ct_dicom = paths["ct"] if (paths["ct"].is_dir() or paths["ct"].suffix.lower() == ".dcm") \
+        else folder / "dicom" / "ct"
+    uid = frame_of_reference_of(ct_dicom) if ct_dicom.exists() else None
+    option = (f"`vmambax import --ct {paths['ct']} --rtstruct {paths['label']} --roi NAME "
+              f"-o {folder / 'label.nii.gz'}` (and remove label.dcm)")
+    imported = read_dicom_label(paths["label"], ct, frame_of_reference_uid=uid, option=option)
+    if not imported.voxels:
+        raise InputError(f"The label.dcm of case {case_id} ({imported.kind} {imported.structure.name!r}) "
+                         "covers no voxel of the CT; check that it belongs to this CT.")
+    return imported.label, [f"label.dcm {imported.kind} {imported.structure.name!r}: {n}"
+                            for n in imported.notes]
 
 
 def export_case_folders(cases_dir, out_root, *, test_ids: Sequence[str] = (),

@@ -64,20 +64,30 @@ def describe_load_failure(exc: BaseException, path, what: str = "checkpoint") ->
             "truncated) or not a PyTorch file; re-download or re-copy it.")
 
 
-def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bool = False):
-    """``torch.load(weights_only=True)`` with every failure turned into a ModelFileError."""
+def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bool = False,
+                    allow: tuple = ()):
+    """``torch.load(weights_only=True)`` with every failure turned into a ModelFileError.
+
+    ``allow``: classes the weights-only unpickler may also build, for this load only (e.g.
+    ``argparse.Namespace``, which the authors' checkpoints hold as their hyper-parameters);
+    ``torch.serialization.safe_globals`` scopes the permission to this call.
+    """
+    import contextlib
+
     path = Path(os.fspath(path)).expanduser()
     problem = path_problem(path, what)
     if problem:
         raise ModelFileError(problem)
+    scope = torch.serialization.safe_globals(list(allow)) if allow else contextlib.nullcontext()
     try:
-        try:
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-        except Exception:
-            if not mmap:
-                raise
-            # memory-mapping needs the zip format; legacy files load the ordinary way
-            return torch.load(path, map_location=map_location, weights_only=True)
+        with scope:
+            try:
+                return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+            except Exception:
+                if not mmap:
+                    raise
+                # memory-mapping needs the zip format; legacy files load the ordinary way
+                return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt zip, pickle with disallowed globals, truncated file ...
         raise ModelFileError(describe_load_failure(exc, path, what)) from None
 

@@ -9,6 +9,7 @@ here (the reference validated and picked checkpoints on the test list, spec §12
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,9 +72,11 @@ def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: fl
         return exported, "volumes"
     from vmambax.data.preprocess import IMAGE_SIZE
 
-    pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed,
-                                    size=image_size or IMAGE_SIZE,
-                                    negatives_per_positive=negatives_per_positive)
+    summary = pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed,
+                                              size=image_size or IMAGE_SIZE,
+                                              negatives_per_positive=negatives_per_positive)
+    for warning in summary.warnings:  # e.g. how a label.dcm was read; also kept in export.json
+        print(f"warning: {warning}", file=sys.stderr)
     return exported, "volumes"
 
 
