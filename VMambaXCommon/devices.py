@@ -47,7 +47,7 @@ def choose(saved: str | None, keys, fallback: str = "auto") -> str:
     return fallback if fallback in keys or not keys else keys[0]
 
 
-def refill_choices(combo, choices, selected: str | None) -> str:
+def refill_choices(combo, choices, selected: str | None, fallback: str = "auto") -> str:
     """Replace a combo box's items with ``(key, label)`` choices and select ``selected`` (or
     the fallback); returns the key that is selected.
 
@@ -57,7 +57,7 @@ def refill_choices(combo, choices, selected: str | None) -> str:
     ``blockSignals/clear/addItem/findData/setCurrentIndex`` (a real one in Slicer, a fake in tests).
     """
     choices = list(choices)
-    key = choose(selected, [k for k, _ in choices])
+    key = choose(selected, [k for k, _ in choices], fallback)
     was_blocked = combo.blockSignals(True)
     try:
         combo.clear()

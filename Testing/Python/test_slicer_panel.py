@@ -233,8 +233,9 @@ def test_cancel_ends_the_launcher_and_its_child(tmp_path):
     run = TrainingRun(process, tmp_path, None)
     child = _wait_for(tmp_path / "child.pid")
     assert psutil.pid_exists(child)
+    assert not run.cancelled
     run.cancel(timeout=5.0)
-    assert not run.isRunning() and _gone(process.pid)
+    assert run.cancelled and not run.isRunning() and _gone(process.pid)
     assert _gone(child), "the launcher's child survived Cancel"
 
 
@@ -365,3 +366,52 @@ def test_both_widgets_reload_their_lib_and_the_shared_glue():
         source = (root / module / f"{module}.py").read_text(encoding="utf-8")
         assert "def onReload(self)" in source
         assert f'reload_packages("VMambaXCommon", "{module}Lib")' in source
+
+
+# -- the widgets' wiring (static: the widgets need a real Slicer) --------------------------------
+def _method_source(module, cls, method):
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    source = (root / module / f"{module}.py").read_text(encoding="utf-8")
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == method:
+                    return ast.get_source_segment(source, item)
+    raise AssertionError(f"{module}.{cls}.{method} is missing")
+
+
+def test_widgets_wire_the_tested_logic():
+    seg, train = ("VMambaXSegment", "VMambaXSegmentWidget"), ("VMambaXTrain", "VMambaXTrainWidget")
+    # 6: the model list is re-read on enter(); removing goes through the registry, after asking.
+    assert "_populateModels()" in _method_source(*seg, "enter")
+    remove = _method_source(*seg, "onRemoveModel")
+    assert "confirmOkCancelDisplay" in remove and "removeUserModel" in remove
+    # 7: device lists are refilled with the saved choice, never cleared by hand.
+    for module, cls in (seg, train):
+        root = Path(__file__).resolve().parents[2]
+        text = (root / module / f"{module}.py").read_text(encoding="utf-8")
+        assert "refill_choices(" in text and "DeviceComboBox.clear()" not in text
+        assert "deviceComboBox.addItem(device, device)" not in text  # raw keys as labels
+        # 19: translatable strings, with the fallback for Slicers without slicer.i18n.
+        assert "from slicer.i18n import tr as _" in text and "except ImportError" in text
+        assert 'self.parent.title = _("' in text
+    # 8: installs, exports and runs hold the shared guard; clicks while busy do nothing.
+    assert "_BUSY.hold(" in _method_source(*seg, "_ensureDependencies")
+    assert "_BUSY.acquire(" in _method_source(*seg, "onSegmentButton")
+    assert "_BUSY.release(" in _method_source(*seg, "_onTimer")
+    assert "_BUSY.hold(" in _method_source(*train, "_ensureDependencies")
+    assert "_BUSY.hold(" in _method_source(*train, "_dataFolder")
+    for method in (_method_source(*seg, "onSegmentButton"), _method_source(*train, "onStart")):
+        assert "if _BUSY.busy" in method.split("try:")[0]
+    # 9: Train has a parameter node connected to the GUI, and enter/exit.
+    assert "connectGui(self.ui)" in _method_source(*train, "setParameterNode")
+    assert "initializeParameterNode()" in _method_source(*train, "enter")
+    assert "setParameterNode(None)" in _method_source(*train, "exit")
+    assert "defaultConfig()" in _method_source(*train, "initializeParameterNode")
+    # 12: Cancel ends the process tree; an ignored Stop does too, after a grace period.
+    assert "self._run.cancel()" in _method_source(*train, "onCancel")
+    assert "stopOverdue" in _method_source(*train, "_onTimer")
+    # 19: the PET over the CT after a run.
+    assert "show_pet_over_ct(" in _method_source(*seg, "_showOutput")

@@ -111,6 +111,7 @@ class TrainingRun:
         self.events: list[dict] = []
         self.finalEvent: dict | None = None
         self.stopRequestedAt: float | None = None
+        self.cancelled = False  # ended by cancel() (the exit status then says nothing)
 
     def poll(self) -> list[dict]:
         """Events appended to progress.jsonl since the last call (only complete lines)."""
@@ -174,6 +175,7 @@ class TrainingRun:
         data-loader workers): terminate, then kill what is left after ``timeout`` seconds.
         The last saved checkpoint stays usable (Resume)."""
         if self.process.poll() is None:
+            self.cancelled = True
             terminate_tree(self.process.pid, timeout=timeout)
         self.wait()
 
