@@ -1,4 +1,6 @@
-"""Error dialogs shared by the VMambaX module widgets (needs Slicer's GUI; not used by the logic)."""
+"""GUI pieces shared by the VMambaX module widgets: the error dialog, the three-button GPU-extras
+question and the QSettings-backed settings store (need Slicer's GUI; Qt is imported lazily, so
+this module imports under slicer-core, and the logic never uses it)."""
 
 import logging
 import traceback
