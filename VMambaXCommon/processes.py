@@ -62,6 +62,20 @@ def launch(command, stdout, env=None, cwd=None) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, env=env, cwd=cwd, **hidden_console_options())
 
 
+def require_psutil():
+    """psutil (a declared dependency of training), or DependencyError saying how to install it."""
+    try:
+        import psutil
+    except ImportError:
+        from vmambax.errors import DependencyError
+
+        raise DependencyError("the Python package psutil is missing (VMambaX needs it to stop "
+                              "the training processes); install it with: PythonSlicer -m pip "
+                              "install psutil, or press Start again to let VMambaX install "
+                              "it") from None
+    return psutil
+
+
 def terminate_tree(pid: int, timeout: float = 10.0) -> list[int]:
     """End process ``pid`` and all its descendants; return the PIDs that had to be killed.
 
@@ -69,7 +83,7 @@ def terminate_tree(pid: int, timeout: float = 10.0) -> list[int]:
     from it), asked to terminate, then the parent; whatever is still alive after ``timeout``
     seconds is killed.
     """
-    import psutil
+    psutil = require_psutil()
 
     try:
         parent = psutil.Process(pid)
@@ -114,7 +128,10 @@ def run_command(command, timeout: float | None = None, on_line: Callable[[str], 
     if timeout is not None:
         def _expire():
             timed_out.set()
-            terminate_tree(proc.pid, timeout=5.0)
+            try:
+                terminate_tree(proc.pid, timeout=5.0)
+            except Exception:  # noqa: BLE001 - no psutil yet (first install): the process alone
+                proc.kill()
 
         timer = threading.Timer(timeout, _expire)
         timer.daemon = True

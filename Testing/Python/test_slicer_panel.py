@@ -415,3 +415,13 @@ def test_widgets_wire_the_tested_logic():
     assert "stopOverdue" in _method_source(*train, "_onTimer")
     # 19: the PET over the CT after a run.
     assert "show_pet_over_ct(" in _method_source(*seg, "_showOutput")
+
+
+def test_missing_psutil_is_a_dependency_error_naming_the_install(monkeypatch):
+    from vmambax.errors import DependencyError
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil -> ImportError
+    with pytest.raises(DependencyError, match="pip install psutil"):
+        processes.terminate_tree(os.getpid())
+    with pytest.raises(DependencyError, match="psutil"):
+        processes.require_psutil()

@@ -21,7 +21,9 @@ LOCK_NAME = "train.lock"
 
 
 def _process_start_time(pid: int) -> float | None:
-    import psutil
+    from VMambaXCommon.processes import require_psutil
+
+    psutil = require_psutil()
 
     try:
         return psutil.Process(pid).create_time()
