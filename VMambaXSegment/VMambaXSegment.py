@@ -243,8 +243,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for index, (_name, description) in enumerate(models, start=1):
             combo.setItemData(index, description, qt.Qt.ToolTipRole)
         if selected and combo.findData(selected) < 0 and selected != "default":
-            self._addModelFile(selected)  # a browsed model file
-            _selectData(combo, selected)
+            if os.path.basename(selected) != selected:  # a browsed model file
+                self._addModelFile(selected)
+                _selectData(combo, selected)
+            elif self._parameterNode is not None:  # a registered model removed meanwhile
+                self._parameterNode.model = "default"
 
     def _populateDevices(self):
         """(Re)list the devices with their names; the user's choice survives (a rebuilt list
@@ -410,8 +413,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         from VMambaXSegmentLib.display import show_pet_over_ct
 
-        show_pet_over_ct(p.ctVolume, p.petVolume)  # PET-Heat over the CT, half opacity
-        slicer.util.setSliceViewerLayers(fit=True)
+        if p.ctVolume and p.petVolume:
+            show_pet_over_ct(p.ctVolume, p.petVolume)  # PET-Heat over the CT, half opacity
+            slicer.util.setSliceViewerLayers(fit=True)
 
 
 def _selectData(combo, data):
