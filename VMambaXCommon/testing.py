@@ -30,3 +30,24 @@ def add_phantom_case(scene, seed: int = 1, size: int = 128, n_slices: int | None
         seg.AddSegmentFromBinaryLabelmapRepresentation(
             oriented_image_from_array(label, ijk_to_ras(ct, world=False)), "tumour", [1.0, 0.0, 0.0])
     return ct, pet, phantom, seg
+
+
+def model_unavailable(extra: tuple[str, ...] = ()) -> str | None:
+    """Why the self-test parts that run the network cannot run here (None: they can).
+
+    The Slicer extension factory runs the modules' self-tests without PyTorch (it is installed
+    on first use); those parts are then skipped with this message and the logic parts run.
+    ``extra``: further modules they need (e.g. ``lightning`` for training).
+    """
+    import importlib
+
+    missing = []
+    for name in ("torch",) + tuple(extra):
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - absent, blocked or broken: in each case, skip
+            missing.append(name)
+    if not missing:
+        return None
+    return (f"{' and '.join(missing)} not importable (as on the Slicer extension factory): "
+            "skipping the self-test parts that run the network; the logic parts still run")

@@ -458,40 +458,36 @@ def _selectData(combo, data):
 # Self-test (runs inside Slicer: Reload and Test)
 #
 class VMambaXTrainTest(ScriptedLoadableModuleTest):
+    """The checks are in VMambaXTrainLib.selftest (Qt-free, also run under slicer-core). The
+    training run is skipped, with a logged message, where PyTorch is missing (the extension
+    factory); the case export runs everywhere."""
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
+        self.test_ExportPhantomCases()
+        self.setUp()
         self.test_TrainNanoOnPhantoms()
 
-    def test_TrainNanoOnPhantoms(self):
-        import time
+    def test_ExportPhantomCases(self):
+        from VMambaXTrainLib import selftest
 
-        from VMambaXCommon.testing import add_phantom_case
+        self.delayDisplay("Exporting two phantom cases")
+        selftest.phantom_cases_are_exported(slicer.mrmlScene,
+                                            tempfile.mkdtemp(prefix="vmambax-selftest-"))
+        self.delayDisplay("Test passed")
+
+    def test_TrainNanoOnPhantoms(self):
+        from VMambaXTrainLib import selftest
 
         self.delayDisplay("Exporting two phantom cases and training the nano network briefly")
-        cases = []
-        for seed in (1, 2):
-            ct, pet, _phantom, seg = add_phantom_case(slicer.mrmlScene, seed=seed, size=128,
-                                                      n_slices=8, segmentation=True,
-                                                      prefix=f"Case {seed} ")
-            cases.append(TrainingCase(ct, pet, seg))
-        work = tempfile.mkdtemp(prefix="vmambax-selftest-")
-        logic = VMambaXTrainLogic()
-        data = logic.exportCases(cases, os.path.join(work, "cases"))
-        run = logic.startTraining(data, os.path.join(work, "run"), config="vmambax-nano", epochs=1,
-                                  extraArgs=["--batch-size", "2", "--limit-train-batches", "2",
-                                             "--limit-val-batches", "1", "--crop-size", "128",
-                                             "--val-fraction", "0.5", "--num-workers", "0"])
-        deadline = time.time() + 900
-        while run.isRunning() and time.time() < deadline:
-            run.poll()
-            slicer.app.processEvents()
-            time.sleep(0.5)
-        if run.isRunning():
-            run.kill()
-        run.poll()
-        self.assertEqual((run.finalEvent or {}).get("event"), "done", run.failureMessage())
-        self.assertTrue(run.modelFile.is_file())
+        skipped = selftest.nano_trains_on_phantoms(
+            slicer.mrmlScene, tempfile.mkdtemp(prefix="vmambax-selftest-"),
+            pump=slicer.app.processEvents)
+        if skipped:
+            logging.info(f"VMambaX Train self-test: training skipped: {skipped}")
+            self.delayDisplay(f"Skipped: {skipped}")
+            return
         self.delayDisplay("Test passed")

@@ -49,6 +49,7 @@ TORCH = Requirement("torch", "torch", "2.1", "runs the vMambaX network")
 CORE = (
     Requirement("numpy", "numpy", "1.24", "arrays"),
     Requirement("scipy", "scipy", "1.10", "lesion labelling and resampling"),
+    Requirement("scikit-image", "skimage", "0.21", "the lung field (which slices to segment)"),
     Requirement("SimpleITK", "SimpleITK", "2.3", "reading and resampling volumes"),
     Requirement("pydicom", "pydicom", "2.4", "reading SUV tags from PET DICOM"),
     Requirement("highdicom", "highdicom", "0.22", "writing DICOM SEG"),
@@ -68,7 +69,7 @@ GPU_EXTRAS = (
 
 # What each task needs besides torch (SimpleITK, numpy, scipy and pydicom ship with Slicer).
 FEATURES = {
-    "segment": ("numpy", "scipy", "SimpleITK", "pydicom", "requests"),
+    "segment": ("numpy", "scipy", "scikit-image", "SimpleITK", "pydicom", "requests"),
     "train": ("numpy", "scipy", "SimpleITK", "pydicom", "pytorch-lightning", "pillow", "tqdm",
               "matplotlib", "psutil"),
     "all": tuple(r.name for r in CORE),

@@ -177,6 +177,13 @@ class FakeLineEdit(FakeWidget):
 FakeLineEdit.text = _signalling("_text", "textChanged", "")
 
 
+class FakeCheckBox(FakeWidget):
+    pass
+
+
+FakeCheckBox.checked = _signalling("_checked", "toggled", False)
+
+
 class FakeListWidget(FakeWidget):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -195,7 +202,7 @@ class FakeListWidget(FakeWidget):
 CLASSES = {"QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
            "ctkPathLineEdit": FakePathLineEdit, "QSpinBox": FakeSpinBox,
            "ctkDoubleSpinBox": FakeSpinBox, "QDoubleSpinBox": FakeSpinBox,
-           "QLineEdit": FakeLineEdit, "QListWidget": FakeListWidget}
+           "QLineEdit": FakeLineEdit, "QListWidget": FakeListWidget, "QCheckBox": FakeCheckBox}
 
 
 def _properties(element):
@@ -280,6 +287,7 @@ def parameterNodeWrapper(cls):
                     raise RuntimeError(f"{widget.objectName} binds unknown parameter {name!r}")
                 signal, attr = {FakeSpinBox: ("valueChanged", "value"),
                                 FakeLineEdit: ("textChanged", "text"),
+                                FakeCheckBox: ("toggled", "checked"),
                                 FakeNodeComboBox: ("currentNodeChanged", None)}[type(widget)]
 
                 def read(*_args, widget=widget, name=name, attr=attr):

@@ -43,7 +43,7 @@ def files(tmp_path_factory):
 
 
 def _seg(**kw):
-    return Segmenter(HotSpotNet(), device="cpu", batch_size=3, image_size=64, **kw)
+    return Segmenter(HotSpotNet(), device="cpu", batch_size=3, image_size=64, all_slices=True, **kw)
 
 
 def _listing(folder: Path) -> list[str]:

@@ -42,7 +42,7 @@ def _image(arr, spacing=(0.8, 0.9, 2.5), origin=(-20.0, 15.0, 100.0),
 def test_label_has_ct_geometry_and_finds_the_hot_lesion():
     ct, pet = _volume()
     ct_img, pet_img = _image(ct), _image(pet)
-    result = Segmenter(HotSpotNet(), device="cpu", batch_size=4, image_size=64).segment(ct_img, pet_img)
+    result = Segmenter(HotSpotNet(), device="cpu", batch_size=4, image_size=64, all_slices=True).segment(ct_img, pet_img)
     label = result.label
     assert label.GetSize() == ct_img.GetSize() and label.GetPixelID() == sitk.sitkUInt8
     assert label.GetSpacing() == ct_img.GetSpacing() and label.GetOrigin() == ct_img.GetOrigin()
@@ -60,7 +60,7 @@ def test_pet_on_another_grid_is_resampled_onto_the_ct():
     pet_img = sitk.Resample(_image(pet, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)),
                             [24, 20, 6], sitk.Transform(), sitk.sitkLinear, (-20.0, 15.0, 100.0),
                             (1.6, 1.8, 2.5), (1, 0, 0, 0, 1, 0, 0, 0, 1))
-    result = Segmenter(HotSpotNet(), device="cpu", batch_size=6, image_size=64).segment(ct_img, pet_img)
+    result = Segmenter(HotSpotNet(), device="cpu", batch_size=6, image_size=64, all_slices=True).segment(ct_img, pet_img)
     assert result.label.GetSize() == ct_img.GetSize()
     assert sitk.GetArrayFromImage(result.label)[2:4, 11:17, 21:29].all()
 
@@ -68,7 +68,7 @@ def test_pet_on_another_grid_is_resampled_onto_the_ct():
 def test_progress_is_monotonic_and_ends_at_one():
     ct, pet = _volume(z=7)
     seen = []
-    Segmenter(HotSpotNet(), device="cpu", batch_size=2, image_size=64,
+    Segmenter(HotSpotNet(), device="cpu", batch_size=2, image_size=64, all_slices=True,
               progress=lambda f, m: seen.append((f, m))).segment_arrays(ct, pet)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[0] == 0.0 and fractions[-1] == 1.0
@@ -89,7 +89,7 @@ def test_cancel_from_progress_callback_stops_within_one_batch():
         if message.startswith("Segmented"):
             cancel.set()  # the user clicks Cancel after the first batch
 
-    seg = Segmenter(Counting(), device="cpu", batch_size=2, image_size=64, progress=progress,
+    seg = Segmenter(Counting(), device="cpu", batch_size=2, image_size=64, all_slices=True, progress=progress,
                     cancel=cancel)
     with pytest.raises(Cancelled, match="nothing was written"):
         seg.segment_arrays(ct, pet)
@@ -98,8 +98,8 @@ def test_cancel_from_progress_callback_stops_within_one_batch():
 
 def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
     ct, pet = _volume(z=7)
-    reference = Segmenter(HotSpotNet(), device="cpu", batch_size=7, image_size=64).segment_arrays(ct, pet)
-    seg = Segmenter(HotSpotNet(), device="cpu", batch_size=8, image_size=64)
+    reference = Segmenter(HotSpotNet(), device="cpu", batch_size=7, image_size=64, all_slices=True).segment_arrays(ct, pet)
+    seg = Segmenter(HotSpotNet(), device="cpu", batch_size=8, image_size=64, all_slices=True)
     real_forward, sizes = seg._forward, []
 
     def flaky_forward(ct_u8, pet_u8):
@@ -123,7 +123,7 @@ def test_out_of_memory_halves_the_batch_and_retries(monkeypatch):
 
 
 def test_non_oom_errors_are_not_swallowed(monkeypatch):
-    seg = Segmenter(HotSpotNet(), device="cpu", batch_size=2, image_size=64)
+    seg = Segmenter(HotSpotNet(), device="cpu", batch_size=2, image_size=64, all_slices=True)
     monkeypatch.setattr(seg, "_forward", lambda a, b: (_ for _ in ()).throw(ValueError("bug")))
     with pytest.raises(ValueError, match="bug"):
         seg.segment_arrays(*_volume(z=2))
@@ -134,7 +134,7 @@ def test_real_nano_model_is_batch_size_invariant():
 
     net = build_model("vmambax-nano").eval()
     ct, pet = _volume(z=3, y=100, x=120)
-    out = [Segmenter(net, device="cpu", batch_size=b, image_size=128, keep_probability=True,
+    out = [Segmenter(net, device="cpu", batch_size=b, image_size=128, all_slices=True, keep_probability=True,
                      threads=1)
            .segment_arrays(ct, pet, spacing=(1.0, 1.0, 3.0)) for b in (1, 3)]
     p1, p3 = (sitk.GetArrayFromImage(r.probability) for r in out)
@@ -163,7 +163,7 @@ def test_resolve_device_and_cpu_thread_restoring():
 def test_bad_arrays_and_options_are_clear_errors():
     with pytest.raises(ConfigError, match="batch size"):
         Segmenter(HotSpotNet(), device="cpu", batch_size=0)
-    seg = Segmenter(HotSpotNet(), device="cpu", image_size=64)
+    seg = Segmenter(HotSpotNet(), device="cpu", image_size=64, all_slices=True)
     with pytest.raises(Exception, match="same shape"):
         seg.segment_arrays(np.zeros((2, 8, 8)), np.zeros((3, 8, 8)))
     with pytest.raises(Exception, match="3-D SimpleITK image"):
@@ -200,8 +200,8 @@ def test_static_shape_padding_for_compiled_models_keeps_results():
             calls.append(ct.shape[0])
             return super().forward(ct, pet)
 
-    plain = Segmenter(HotSpotNet(), device="cpu", batch_size=3, image_size=64).segment_arrays(ct, pet)
-    seg = Segmenter(Recording(), device="cpu", batch_size=3, image_size=64)
+    plain = Segmenter(HotSpotNet(), device="cpu", batch_size=3, image_size=64, all_slices=True).segment_arrays(ct, pet)
+    seg = Segmenter(Recording(), device="cpu", batch_size=3, image_size=64, all_slices=True)
     seg.compiled = True  # what compile=True sets (compiling itself needs a C++ toolchain)
     padded = seg.segment_arrays(ct, pet)
     assert calls == [3, 3, 3]
@@ -214,7 +214,7 @@ def test_bf16_autocast_path_runs_and_stays_close_to_fp32():
 
     net = build_model("vmambax-nano").eval()
     ct, pet = _volume(z=1, y=128, x=128)
-    fp32, bf16 = (Segmenter(net, device="cpu", amp=amp, image_size=128, threads=1,
+    fp32, bf16 = (Segmenter(net, device="cpu", amp=amp, image_size=128, all_slices=True, threads=1,
                             keep_probability=True).segment_arrays(ct, pet) for amp in (False, True))
     assert fp32.amp is None and bf16.amp == "bfloat16"
     p32, p16 = (sitk.GetArrayFromImage(r.probability) for r in (fp32, bf16))

@@ -4,6 +4,7 @@ The module's Lib has no Qt, so it runs here exactly as in Slicer; the scene is b
 synthetic phantoms and segmented with a small randomly initialised vmambax-nano model file.
 """
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_invalid_volumes_are_refused():
 def test_terminology_entry_is_slicers_serialisation_of_lung_neoplasm():
     logic = slicer.vtkSlicerTerminologiesModuleLogic
     expected = logic.SerializeTerminologyEntry(
-        "Segmentation category and type - 3D Slicer General Anatomy list",
+        "Segmentation category and type - DICOM master list",
         "49755003", "SCT", "Morphologically Altered Structure",
         "108369006", "SCT", "Neoplasm", "", "", "",
         "Anatomic codes - DICOM master list", "39607008", "SCT", "Lung", "", "", "")
@@ -327,3 +328,23 @@ def test_failure_while_writing_removes_created_nodes(phantom_scene):
         VMambaXSegmentLogic(segmenterClass=WrongShapeSegmenter).segment(
             ct, pet, model="x", petTags=_phantom_tags(phantom))
     assert _node_count(scene) == before
+
+
+def test_only_the_lung_field_runs_unless_all_slices(tmp_path, model_file):
+    """A whole-body CT: the logic runs the slices around the lungs, says so in the summary and on
+    the segmentation; allSlices=True runs every slice."""
+    from vmambax.data.phantom import make_phantom
+
+    scene = slicer.vtkMRMLScene()
+    body = make_phantom(4, size=SIZE, whole_body=True, n_tumours=1, n_slices=60)
+    ct = mrml_sitk.add_volume_node_from_image(scene, body.ct, "WB CT")
+    pet = mrml_sitk.add_volume_node_from_image(scene, body.pet_suv, "WB PET")
+    logic = VMambaXSegmentLogic()
+    out = logic.segment(ct, pet, model=model_file, device="cpu", petUnits="suv")
+    n = body.ct.GetSize()[2]
+    assert 0 < out.result.n_slices_run < n
+    assert f"Segmented {out.result.n_slices_run} of {n} slices" in out.summary()
+    sel = json.loads(out.segmentationNode.GetAttribute("VMambaX.sliceSelection"))
+    assert sel["mode"] == "lung field" and sel["slices_run"] == out.result.n_slices_run
+    full = logic.segment(ct, pet, model=model_file, device="cpu", petUnits="suv", allSlices=True)
+    assert full.result.n_slices_run == n and "Segmented" not in full.summary()

@@ -83,7 +83,7 @@ def _segment_panel(gui, monkeypatch, clicks_while_installing=()):
         return ["Installed: torch>=2.1"]
 
     seg_node = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT vMambaX")
-    output = types.SimpleNamespace(segmentationNode=seg_node, summary=lambda: "1 lesion(s).",
+    output = types.SimpleNamespace(segmentationNode=seg_node, statusText=lambda: "1 lesion(s).",
                                    tableNode=gui.scene.AddNewNodeByClass("vtkMRMLTableNode"),
                                    petConversion="PET used as SUV (as selected)")
     record.task = FakeTask(output)

@@ -20,12 +20,13 @@ import dataclasses
 import json
 from typing import Any, Callable
 
+from vmambax.data.case import check_not_swapped
 from vmambax.errors import ConfigError, InputError
 
 from VMambaXCommon.devices import available_devices, device_choices
 from VMambaXSegmentLib import scene_output
 from VMambaXCommon.mrml_sitk import volume_node_to_image
-from VMambaXCommon.pet import pet_tags_from_node, pet_to_suv
+from VMambaXCommon.pet import pet_node_to_suv
 from VMambaXSegmentLib.task import BackgroundTask
 
 ProgressFn = Callable[[float, str], None]
@@ -38,6 +39,7 @@ class SegmentInputs:
     ct: Any  # SimpleITK image (HU), world geometry
     pet_suv: Any  # SimpleITK image (SUV), world geometry
     pet_conversion: str  # how the PET became SUV (shown to the user, stored on the output)
+    pet_units_rule: str = ""  # which rule decided the PET's units (VMambaXCommon.pet)
 
 
 @dataclasses.dataclass
@@ -49,16 +51,28 @@ class SegmentOutput:
     tableNode: Any
     result: Any  # vmambax.infer.SegmentationResult (lesions, totals, timings, model, device)
     petConversion: str
+    petUnitsRule: str = ""
+
+    def statusText(self) -> str:
+        """The panel's status line after a run: result, how the PET became SUV and why."""
+        return (f"{self.summary()}\nPET: {self.petConversion} [units: {self.petUnitsRule}]. "
+                "Review and correct the contour in Segment Editor.")
 
     def summary(self) -> str:
         totals = self.result.totals or {}
         n = len(self.result.lesions)
         if not n:
-            return f"No tumour found ({self.result.model_name}, {self.result.device})."
+            return f"No tumour found ({self.result.model_name}, {self.result.device}).{self._slices()}"
         mtv = totals.get("mtv_ml")
         mtv_text = f", total MTV {mtv:.1f} mL" if isinstance(mtv, (int, float)) else ""
         return (f"{n} lesion(s){mtv_text}; model {self.result.model_name} on "
-                f"{self.result.device} in {self.result.timings.get('total', 0):.1f} s.")
+                f"{self.result.device} in {self.result.timings.get('total', 0):.1f} s.{self._slices()}")
+
+    def _slices(self) -> str:
+        run, total = getattr(self.result, "n_slices_run", 0), getattr(self.result, "n_slices", 0)
+        if not total or run == total:
+            return ""
+        return f" Segmented {run} of {total} slices (around the lungs; tick 'Segment all slices' for all)."
 
 
 def _check_volume(node, role: str) -> None:
@@ -116,8 +130,13 @@ class VMambaXSegmentLogic:
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",
                 petTags=None, weightKg: float | None = None,
-                doseMBq: float | None = None) -> SegmentInputs:
-        """Validate and read the inputs (main thread). Changes nothing in the scene."""
+                doseMBq: float | None = None, petRwvmFile=None) -> SegmentInputs:
+        """Validate and read the inputs (main thread). Changes nothing in the scene.
+
+        Swapped CT and PET are refused before the PET's units are worked out, so the user is
+        told to swap them rather than asked for a weight and a dose. ``petRwvmFile(uid)``:
+        where the PET's RWVM file is (default: Slicer's DICOM database).
+        """
         _check_volume(ctNode, "CT")
         _check_volume(petNode, "PET")
         if ctNode is petNode:
@@ -129,28 +148,34 @@ class VMambaXSegmentLogic:
                 raise InputError(f"output {outputSegmentation.GetName()!r} is not a segmentation")
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
-        if petTags is None and petUnits != "suv":
-            petTags = pet_tags_from_node(petNode)  # Slicer's DICOM database; None elsewhere
+            scene_output.check_output_transform(outputSegmentation, ctNode)
         ct = volume_node_to_image(ctNode)
         pet = volume_node_to_image(petNode)
-        pet_suv, conversion = pet_to_suv(pet, petUnits, petTags, weightKg, doseMBq,
-                                         name=f"PET {petNode.GetName()!r}")
-        return SegmentInputs(ct=ct, pet_suv=pet_suv, pet_conversion=conversion)
+        check_not_swapped(ct, pet)  # before any question about the PET's units
+        # Units: the node's own (PETDICOMExtension), its RWVM, then the files' tags (Slicer's
+        # DICOM database; None elsewhere), then the weight and dose.
+        converted = pet_node_to_suv(petNode, petUnits, petTags, weightKg, doseMBq,
+                                    rwvm_file=petRwvmFile, image=pet)
+        return SegmentInputs(ct=ct, pet_suv=converted.image, pet_conversion=converted.conversion,
+                             pet_units_rule=converted.rule)
 
-    def _segmenter(self, model, device, batchSize, progress, cancel):
+    def _segmenter(self, model, device, batchSize, progress, cancel, allSlices=False):
         if self.segmenterClass is None:
             from vmambax.infer.segmenter import Segmenter
 
             self.segmenterClass = Segmenter
         return self.segmenterClass(model=model, device=device, batch_size=batchSize,
-                                   progress=progress, cancel=cancel)
+                                   progress=progress, cancel=cancel, all_slices=allSlices)
 
     def segmentAsync(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                      device: str = "auto", progress: ProgressFn | None = None,
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
-                     start: bool = True) -> BackgroundTask:
+                     allSlices: bool = False, start: bool = True) -> BackgroundTask:
         """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
+
+        By default the network runs only on the slices around the CT's lungs (the others stay
+        empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
 
         Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
         within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
@@ -164,11 +189,11 @@ class VMambaXSegmentLogic:
 
         def compute(report, cancel):
             report(0.0, "Loading the model")
-            segmenter = self._segmenter(model, device, batchSize, report, cancel)
+            segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
             return segmenter.segment(inputs.ct, inputs.pet_suv)
 
         def apply(result):
-            return self._writeOutput(ctNode, outputSegmentation, result, inputs.pet_conversion)
+            return self._writeOutput(ctNode, outputSegmentation, result, inputs)
 
         task = BackgroundTask(compute, apply, progress)
         return task.start() if start else task
@@ -182,50 +207,57 @@ class VMambaXSegmentLogic:
         return task.run()
 
     # -- writing the result (main thread) -----------------------------------------------------
-    def _writeOutput(self, ctNode, outputSegmentation, result, petConversion) -> SegmentOutput:
+    def _writeOutput(self, ctNode, outputSegmentation, result, inputs) -> SegmentOutput:
         if ctNode.GetScene() is None:
             raise InputError(f"the CT {ctNode.GetName()!r} was removed from the scene while "
                              f"segmenting; nothing was written")
         scene = ctNode.GetScene()
-        created = []
+        created, picked_state = [], None
         try:
-            segmentation = outputSegmentation
-            if segmentation is None or segmentation.GetScene() is None:
-                segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                       f"{ctNode.GetName()} vMambaX")
+            # The user's pick, else this CT's earlier output, else a new one: never another
+            # CT's output. The segmentation takes this CT's geometry; its table follows.
+            segmentation = scene_output.output_for(ctNode, outputSegmentation)
+            if segmentation is None:
+                segmentation = scene_output.new_output(ctNode)
                 created.append(segmentation)
-                segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ctNode)
-                segmentation.SetNodeReferenceID(
-                    segmentation.GetReferenceImageGeometryReferenceRole(), ctNode.GetID())
-                segmentation.SetAndObserveTransformNodeID(ctNode.GetTransformNodeID())
+            else:
+                picked_state = scene_output.geometry_state(segmentation)
+            moved = scene_output.adopt_ct_geometry(segmentation, ctNode)
             import SimpleITK as sitk
 
             segment_id = scene_output.write_tumour_segment(
                 segmentation, sitk.GetArrayViewFromImage(result.label), ctNode)
             had_table = segmentation.GetNodeReference(scene_output.LESION_TABLE_REFERENCE_ROLE)
-            table = scene_output.lesion_table_for(segmentation, f"{ctNode.GetName()} vMambaX lesions")
+            table = scene_output.lesion_table_for(
+                segmentation, f"{ctNode.GetName()} vMambaX lesions", rename=moved)
             if table is not had_table:
                 created.append(table)
             scene_output.write_lesion_table(table, result.lesions, result.totals)
             scene_output.place_next_to(segmentation, ctNode)
             scene_output.place_next_to(table, ctNode)
-            self._recordProvenance(segmentation, result, petConversion)
+            self._recordProvenance(segmentation, result, inputs)
             segmentation.CreateDefaultDisplayNodes()  # last: nothing to clean up if it fails
         except Exception:
             for node in created:  # leave no half-made output behind
                 _remove_node(scene, node)
+            if picked_state is not None:  # a picked output keeps its old reference geometry
+                scene_output.restore_geometry(segmentation, picked_state)
             raise
-        return SegmentOutput(segmentation, segment_id, table, result, petConversion)
+        return SegmentOutput(segmentation, segment_id, table, result, inputs.pet_conversion,
+                             inputs.pet_units_rule)
 
     @staticmethod
-    def _recordProvenance(segmentation, result, petConversion) -> None:
+    def _recordProvenance(segmentation, result, inputs) -> None:
         """Store how the contour was made on the node (saved with the scene, shown in Data)."""
         model = result.model or {}
         segmentation.SetAttribute("VMambaX.model", str(result.model_name))
         segmentation.SetAttribute("VMambaX.modelSha256", str(model.get("sha256") or ""))
         segmentation.SetAttribute("VMambaX.device", str(result.device))
-        segmentation.SetAttribute("VMambaX.petConversion", petConversion)
+        segmentation.SetAttribute("VMambaX.petConversion", inputs.pet_conversion)
+        segmentation.SetAttribute("VMambaX.PETUnitsRule", inputs.pet_units_rule)
         segmentation.SetAttribute("VMambaX.timings", json.dumps(result.timings))
+        segmentation.SetAttribute("VMambaX.sliceSelection",
+                                  json.dumps(getattr(result, "slice_selection", {}) or {}))
 
 
 def _remove_node(scene, node) -> None:

@@ -15,17 +15,23 @@ from VMambaXCommon.mrml_sitk import ijk_to_ras, oriented_image_from_array
 SEGMENT_NAME = "Lung tumour"
 SEGMENT_COLOR = (0.85, 0.1, 0.1)  # red, as PET/CT reading tools show tumour
 LESION_TABLE_REFERENCE_ROLE = "vmambaxLesionTable"  # segmentation node -> its lesion table
+# On segmentations VMambaX made: the ID of the CT it made the node for. On every output: the ID
+# of the CT last written into it. Saved with the scene, so the choice survives a reload.
+CREATED_FOR_CT_ATTRIBUTE = "VMambaX.createdForCT"
+WRITTEN_FOR_CT_ATTRIBUTE = "VMambaX.CT"
 
 # Standard terminology of the segment: category "Morphologically Altered Structure"
-# (SCT 49755003), type "Neoplasm" (SCT 108369006), anatomic region "Lung" (SCT 39607008), in
-# Slicer's "3D Slicer General Anatomy list" and the DICOM master anatomic list. Serialised in
+# (SCT 49755003), type "Neoplasm" (SCT 108369006), anatomic region "Lung" (SCT 39607008).
+# The context must be one that holds that type: Slicer's "DICOM master list" does, its
+# "3D Slicer General Anatomy list" does not (no Neoplasm under Morphologically Altered
+# Structure there; the tests look both up in Slicer's own terminology files). Serialised in
 # Slicer's vtkSlicerTerminologiesModuleLogic format:
 #   context~category~type~typeModifier~anatomicContext~region~regionModifier
 # with each code as codingScheme^codeValue^codeMeaning (empty parts as "^^").
 # Slicer's SerializeTerminologyEntry produces exactly this string (checked in the tests); it is
 # what the DICOM SEG export turns into SegmentedPropertyCategory/Type and AnatomicRegion codes.
 TERMINOLOGY_ENTRY = (
-    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "Segmentation category and type - DICOM master list"
     "~SCT^49755003^Morphologically Altered Structure"
     "~SCT^108369006^Neoplasm"
     "~^^"
@@ -75,6 +81,87 @@ def place_next_to(node, reference_node) -> int:
     if sh.GetItemParent(item) != parent:
         sh.SetItemParent(item, parent)
     return parent
+
+
+def output_for(ct_node, picked=None):
+    """The segmentation a run on ``ct_node`` writes into; None: create a new one.
+
+    The user's pick wins. Otherwise the segmentation VMambaX made for this CT, if its last run
+    was on this CT too (a re-run updates it in place); never the output of another CT, so a run
+    on a second CT gets its own segmentation and lesion table.
+    """
+    if picked is not None and picked.GetScene() is not None:
+        return picked
+    scene, ct_id = ct_node.GetScene(), ct_node.GetID()
+    nodes = scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    for i in reversed(range(nodes.GetNumberOfItems())):  # the newest first
+        node = nodes.GetItemAsObject(i)
+        if (node.GetAttribute(CREATED_FOR_CT_ATTRIBUTE) == ct_id
+                and node.GetAttribute(WRITTEN_FOR_CT_ATTRIBUTE) == ct_id):
+            return node
+    return None
+
+
+def new_output(ct_node):
+    """A new segmentation for ``ct_node``'s result (no display nodes yet)."""
+    segmentation = ct_node.GetScene().AddNewNodeByClass("vtkMRMLSegmentationNode",
+                                                        f"{ct_node.GetName()} vMambaX")
+    segmentation.SetAttribute(CREATED_FOR_CT_ATTRIBUTE, ct_node.GetID())
+    segmentation.SetAndObserveTransformNodeID(ct_node.GetTransformNodeID())
+    return segmentation
+
+
+def check_output_transform(segmentation_node, ct_node) -> None:
+    """Refuse a picked output under another transform than the CT (before the run)."""
+    from vmambax.errors import InputError
+
+    if segmentation_node is None or segmentation_node.GetScene() is None:
+        return
+    if segmentation_node.GetTransformNodeID() != ct_node.GetTransformNodeID():
+        raise InputError(
+            f"the output segmentation {segmentation_node.GetName()!r} and the CT "
+            f"{ct_node.GetName()!r} are under different transforms; put them under the same "
+            f"transform (Data module) or leave the output empty to create a new segmentation")
+
+
+def geometry_state(segmentation_node) -> tuple:
+    """What ``adopt_ct_geometry`` changes, to put back if writing the result fails."""
+    role = segmentation_node.GetReferenceImageGeometryReferenceRole()
+    return (segmentation_node.GetSegmentation().GetConversionParameter(
+        _geometry_parameter()), segmentation_node.GetNodeReferenceID(role),
+        segmentation_node.GetAttribute(WRITTEN_FOR_CT_ATTRIBUTE))
+
+
+def restore_geometry(segmentation_node, state: tuple) -> None:
+    geometry, reference_id, written_for = state
+    segmentation_node.GetSegmentation().SetConversionParameter(_geometry_parameter(), geometry)
+    segmentation_node.SetNodeReferenceID(
+        segmentation_node.GetReferenceImageGeometryReferenceRole(), reference_id)
+    if written_for is None:
+        segmentation_node.RemoveAttribute(WRITTEN_FOR_CT_ATTRIBUTE)
+    else:
+        segmentation_node.SetAttribute(WRITTEN_FOR_CT_ATTRIBUTE, written_for)
+
+
+def _geometry_parameter() -> str:
+    import slicer
+
+    return slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+
+
+def adopt_ct_geometry(segmentation_node, ct_node) -> bool:
+    """Make ``ct_node`` the segmentation's reference geometry; True when it changed CT.
+
+    The tumour is written on the CT's voxel grid in the CT's own frame, so the segmentation
+    must sit under the CT's transform (a picked one under another transform is refused).
+    """
+    check_output_transform(segmentation_node, ct_node)
+    role = segmentation_node.GetReferenceImageGeometryReferenceRole()
+    changed = segmentation_node.GetNodeReference(role) is not ct_node
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
+    segmentation_node.SetNodeReferenceID(role, ct_node.GetID())
+    segmentation_node.SetAttribute(WRITTEN_FOR_CT_ATTRIBUTE, ct_node.GetID())
+    return changed
 
 
 def write_tumour_segment(segmentation_node, label_array: np.ndarray, ct_node) -> str:
@@ -152,10 +239,13 @@ def write_lesion_table(table_node, lesions: list[dict], totals: dict) -> None:
     table_node.Modified()
 
 
-def lesion_table_for(segmentation_node, name: str):
-    """The segmentation's lesion table node (referenced), created when it has none yet."""
+def lesion_table_for(segmentation_node, name: str, rename: bool = False):
+    """The segmentation's lesion table node (referenced), created when it has none yet;
+    ``rename``: an existing table takes ``name`` (its segmentation moved to another CT)."""
     table_node = segmentation_node.GetNodeReference(LESION_TABLE_REFERENCE_ROLE)
     if table_node is None or table_node.GetScene() is None:
         table_node = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLTableNode", name)
         segmentation_node.SetNodeReferenceID(LESION_TABLE_REFERENCE_ROLE, table_node.GetID())
+    elif rename:
+        table_node.SetName(name)
     return table_node

@@ -229,7 +229,7 @@ class VMambaXTrainLogic:
         import SimpleITK as sitk
 
         from VMambaXCommon.mrml_sitk import segment_to_array, volume_node_to_image
-        from VMambaXCommon.pet import pet_tags_from_node, pet_to_suv
+        from VMambaXCommon.pet import pet_node_to_suv
 
         segment_ids = self.validateCases(cases)
         folder = Path(folder)
@@ -238,9 +238,10 @@ class VMambaXTrainLogic:
             if progress:
                 progress(0.5 * (number - 1) / len(cases), f"Reading case {number}: {case.name}")
             ct = volume_node_to_image(case.ctNode)
-            pet, conversion = pet_to_suv(volume_node_to_image(case.petNode), "auto",
-                                         pet_tags_from_node(case.petNode),
-                                         name=f"case {number} PET {case.petNode.GetName()!r}")
+            # Units from the node first (PETDICOMExtension loads SUV), then the DICOM tags.
+            converted = pet_node_to_suv(case.petNode, "auto",
+                                        name=f"case {number} PET {case.petNode.GetName()!r}")
+            pet, conversion = converted.image, f"{converted.conversion} [{converted.rule}]"
             label = sitk.GetImageFromArray(
                 segment_to_array(case.segmentationNode, segment_id, case.ctNode))
             label.CopyInformation(ct)

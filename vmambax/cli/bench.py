@@ -10,7 +10,7 @@ from vmambax.cli import register_modules
 
 # Benchmark modules, in the order ``vmambax bench --help`` lists them.
 BENCH_MODULES = ("vmambax.bench.scan", "vmambax.bench.forward", "vmambax.bench.train",
-                 "vmambax.bench.infer", "vmambax.data.benchmark")
+                 "vmambax.bench.infer", "vmambax.bench.wholebody", "vmambax.data.benchmark")
 
 
 def register(subparsers) -> None:

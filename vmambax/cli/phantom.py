@@ -23,6 +23,9 @@ def register(subparsers) -> None:
                    help="CT axial extent in mm (default random 200-250)")
     p.add_argument("--tumours", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"),
                    help="number of tumours per case, inclusive range (default 1 4)")
+    p.add_argument("--whole-body", action="store_true",
+                   help="a head-to-thigh study (~1 m, 300+ slices) with the thorax inside, for "
+                        "timing and testing slice selection (default: thorax only)")
     p.add_argument("--no-dicom", action="store_true", help="write NIfTI and case.json only")
     p.add_argument("--overwrite", action="store_true", help="replace existing case folders")
     p.add_argument("--preview", metavar="PNG", default=None,
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     for i, seed in enumerate(seeds):
         t0 = time.perf_counter()
         ph = make_phantom(seed, size=args.size, n_slices=args.slices, extent_mm=args.extent_mm,
-                          n_tumours=tuple(args.tumours))
+                          n_tumours=tuple(args.tumours), whole_body=args.whole_body)
         path = write_case(ph, out, default_case_id(seed), dicom=not args.no_dicom, overwrite=args.overwrite)
         sizes = ", ".join(f"{l['diameter_mm']:.0f} mm" for l in ph.lesions) or "none"
         print(f"[{i + 1}/{len(seeds)}] {path}  CT {'x'.join(map(str, ph.ct.GetSize()))}, "

@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the model (CUDA; slow first batch); MODE e.g. "
                         "reduce-overhead (CUDA graphs)")
+    p.add_argument("--all-slices", action="store_true",
+                   help="run the network on every axial slice (default: only the slices within "
+                        "2 cm of the CT's lung field; the others are left empty)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lesion table")
     p.set_defaults(func=run)
 
@@ -66,11 +69,20 @@ def progress_bar(quiet: bool):
     return update, bar.close
 
 
+def _slices_run(result) -> str:
+    """"96 of 300 slices (lung field + 20 mm ...)" or "300 slices"."""
+    sel = result.slice_selection or {}
+    if result.n_slices_run == result.n_slices:
+        return f"{result.n_slices} slices"
+    return (f"{result.n_slices_run} of {result.n_slices} slices (lung field + "
+            f"{sel.get('margin_mm', 0):g} mm; --all-slices runs every slice)")
+
+
 def print_summary(result, outputs: dict, file=None) -> None:
     """Lesion table and where outputs went."""
     file = file or sys.stdout
     print(f"model {result.model_name} on {result.device} (scan: {result.scan_backend}, batch "
-          f"{result.batch_size}{', ' + result.amp if result.amp else ''}): {result.n_slices} slices in "
+          f"{result.batch_size}{', ' + result.amp if result.amp else ''}): {_slices_run(result)} in "
           f"{result.timings['inference']:.1f} s ({result.slices_per_second:.1f} slices/s)", file=file)
     if result.lesions:
         print(f"{'lesion':>6} {'voxels':>8} {'MTV mL':>8} {'SUVmax':>7} {'SUVmean':>7} "
@@ -104,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
             overwrite=args.overwrite,
             threads=args.threads, amp=False if args.no_amp else None, compile=args.compile,
-            progress=update)
+            all_slices=args.all_slices, progress=update)
     finally:
         close()
     if not args.quiet:

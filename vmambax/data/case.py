@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from vmambax.data.io import (PetRead, check_pet_values, read_image_source, read_pet_info,
-                             validate_volume)
+from vmambax.data.io import (PetRead, check_pet_not_ct, check_pet_values, read_image_source,
+                             read_pet_info, validate_volume)
 from vmambax.data.orientation import image_axis_map
 from vmambax.data.resample import (PARTIAL_OVERLAP_WARN, check_overlap,
                                    partial_overlap_message, resample_to)
@@ -60,8 +60,18 @@ def check_roles(ct, pet_suv) -> None:
     """Raise ``InputError`` if the CT does not look like a CT, or the PET like a PET."""
     import SimpleITK as sitk
 
+    check_not_swapped(ct, pet_suv)
+    check_pet_values(sitk.GetArrayViewFromImage(pet_suv), "The PET input")
+
+
+def check_not_swapped(ct, pet) -> None:
+    """The role checks that hold whatever the PET's units (Bq/mL or SUV): run them before the
+    PET is converted to SUV, so swapped inputs are reported as swapped, not as a PET that
+    needs a weight and a dose."""
+    import SimpleITK as sitk
+
     ct_p1 = _percentile(sitk.GetArrayViewFromImage(ct), 1)
-    pet_p1 = _percentile(sitk.GetArrayViewFromImage(pet_suv), 1)
+    pet_p1 = _percentile(sitk.GetArrayViewFromImage(pet), 1)
     if ct_p1 > CT_AIR_PERCENTILE_HU:
         if pet_p1 < CT_AIR_PERCENTILE_HU:
             raise InputError("The CT input looks like a PET and the PET input like a CT; are "
@@ -70,7 +80,7 @@ def check_roles(ct, pet_suv) -> None:
                          f"expected below {CT_AIR_PERCENTILE_HU:g} HU): it does not look like a "
                          "CT in Hounsfield units. Did you pass the PET as CT (swapped inputs), "
                          "or a CT without its rescale intercept?")
-    check_pet_values(sitk.GetArrayViewFromImage(pet_suv), "The PET input")
+    check_pet_not_ct(sitk.GetArrayViewFromImage(pet), "The PET input")
 
 
 def make_case(ct, pet_suv, *, ct_source: str | None = None, pet_source: str | None = None,

@@ -361,14 +361,19 @@ def _per_slice_suv(image, tags, weight_kg, dose_mbq):
     return out
 
 
-def check_pet_values(suv: np.ndarray, what: str = "The PET", hint: str | None = None) -> None:
-    """Refuse a 'PET' that is really a CT (HU) or activity in Bq/mL."""
-    sample = suv.ravel()[:: max(1, suv.size // 2_000_000)]
+def check_pet_not_ct(values: np.ndarray, what: str = "The PET") -> None:
+    """Refuse a 'PET' that is really a CT (HU); holds for Bq/mL and SUV alike."""
+    sample = values.ravel()[:: max(1, values.size // 2_000_000)]
     p1 = float(np.percentile(sample, 1))
     if p1 < -1.0:
         raise InputError(f"{what} has many values far below 0 (1st percentile {p1:.4g}): it "
                          "looks like a CT in Hounsfield units, not a PET. Are the CT and PET "
                          "inputs swapped?")
+
+
+def check_pet_values(suv: np.ndarray, what: str = "The PET", hint: str | None = None) -> None:
+    """Refuse a 'PET' that is really a CT (HU) or activity in Bq/mL."""
+    check_pet_not_ct(suv, what)
     check_suv_plausible(suv, what=what, hint=hint)
 
 

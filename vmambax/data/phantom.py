@@ -75,14 +75,16 @@ def _geometry(img) -> dict:
 
 
 def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent_mm: float | None = None,
-                 n_tumours: int | Sequence[int] = (1, 4)) -> Phantom:
+                 n_tumours: int | Sequence[int] = (1, 4), whole_body: bool = False) -> Phantom:
     """Build one synthetic PET/CT patient, deterministic for a given ``seed``.
 
     ``size``: CT in-plane matrix (512 default; smaller sizes get proportionally larger pixels so the
     anatomy keeps its size in mm). ``n_slices`` / ``extent_mm``: CT axial slice count and extent
     (default 200-250 mm at 2.5-3.3 mm slices; giving ``n_slices`` keeps the extent and thickens the
     slices). ``n_tumours``: an int or an inclusive (min, max) range. The anatomy and tumours depend
-    only on ``seed``, not on ``size``/``n_slices``.
+    only on ``seed``, not on ``size``/``n_slices``. ``whole_body``: a head-to-thigh study
+    (``phantom_body``: ~1 m, 300+ slices at the default thickness) with the same thorax inside;
+    ``extent_mm`` then defaults to the whole body.
     """
     import SimpleITK as sitk
 
@@ -90,9 +92,12 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     from vmambax.data.phantom_lesions import place_confounders, place_tumours
     from vmambax.data.phantom_shapes import Grid, paint
 
-    seed, size, n_slices, extent_mm, t_range = _validate(seed, size, n_slices, extent_mm, n_tumours)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(8)]
-    r_patient, r_anat, r_grid, r_lesion, r_ct_noise, r_pet_noise, r_acq, r_count = streams
+    seed, size, n_slices, extent_mm, t_range = _validate(seed, size, n_slices, extent_mm, n_tumours,
+                                                          whole_body)
+    # A 9th stream for the whole-body anatomy: spawn keys are per index, so the first 8 streams
+    # (and every thorax phantom) are the same as before it existed.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(9)]
+    r_patient, r_anat, r_grid, r_lesion, r_ct_noise, r_pet_noise, r_acq, r_count, r_body = streams
 
     p = anat.sample_patient(r_patient)
     # --- grids (anatomy coordinates; the image origin adds the table position in z) ---
@@ -100,6 +105,14 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     thickness = float(r_grid.uniform(2.5, 3.3))
     extent = float(extent_mm if extent_mm is not None else r_grid.uniform(200.0, 250.0))
     below = float(r_grid.uniform(35.0, 55.0))  # CT starts this far below the right dome
+    marks = None
+    if whole_body:
+        from vmambax.data import phantom_body
+
+        marks = phantom_body.landmarks(p, r_body)
+        bottom, top = phantom_body.extent(p, marks)
+        extent = float(extent_mm) if extent_mm is not None else top - bottom
+        below = -bottom
     nz = n_slices if n_slices is not None else max(int(round(extent / thickness)), 2)
     dz = extent / nz if n_slices is not None else thickness
     sp = spacing * 512.0 / size
@@ -119,7 +132,14 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
                     spacing=(ps, ps, pz), size=(pn, pn, pnz))
 
     # --- anatomy, tumours, confounders ---
-    before, after, helpers = anat.anatomy_layers(p, r_anat)
+    if whole_body:
+        body_z = (min(-400.0, -below - 60.0), max(500.0, extent - below + 60.0))
+        before, after, helpers = anat.anatomy_layers(p, r_anat, body_z,
+                                                     phantom_body.pelvic_floor(marks))
+        outside_thorax = phantom_body.whole_body_layers(p, marks, body_z)  # painted last
+    else:
+        before, after, helpers = anat.anatomy_layers(p, r_anat)
+        outside_thorax = []
     segs = anat.vessel_tree(p, helpers["mediastinum"], helpers["lung"], r_anat)
     ct_zr = (ct_grid.origin[2] - dz / 2, ct_grid.origin[2] + (nz - 0.5) * dz)
     n_t = int(r_count.integers(t_range[0], t_range[1] + 1))
@@ -131,7 +151,7 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
         vessel_layer = anat.Layer("lung vessels", vessels, vessels.bbox, 38.0, p.suv["blood"], anat.VESSEL,
                                   frozenset({anat.LUNG}))
         return (before + [vessel_layer] + [t.layer() for t in tumours] + after
-                + [c.layer() for c in confounders])
+                + [c.layer() for c in confounders] + outside_thorax)
 
     # --- CT ---
     ct, owner = paint(ct_grid, layers(0.0), "ct", -1000.0)
@@ -177,7 +197,7 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
                    lesions=lesions, confounders=conf, patient=p)
 
 
-def _validate(seed, size, n_slices, extent_mm, n_tumours):
+def _validate(seed, size, n_slices, extent_mm, n_tumours, whole_body=False):
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"phantom seed must be a non-negative integer, got {seed!r}.")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 32 <= size <= 1024:
@@ -185,8 +205,11 @@ def _validate(seed, size, n_slices, extent_mm, n_tumours):
                           "(use 512 for real-size CT, 128 or 256 for quick tests).")
     if n_slices is not None and (not isinstance(n_slices, (int, np.integer)) or not 2 <= n_slices <= 1000):
         raise ConfigError(f"number of slices must be an integer between 2 and 1000, got {n_slices!r}.")
-    if extent_mm is not None and not 40.0 <= float(extent_mm) <= 400.0:
-        raise ConfigError(f"axial extent must be between 40 and 400 mm, got {extent_mm!r}.")
+    max_extent = 1400.0 if whole_body else 400.0
+    if extent_mm is not None and not 40.0 <= float(extent_mm) <= max_extent:
+        raise ConfigError(f"axial extent must be between 40 and {max_extent:.0f} mm"
+                          f"{' for a whole-body phantom' if whole_body else ' (--whole-body allows more)'}, "
+                          f"got {extent_mm!r}.")
     t = (n_tumours, n_tumours) if isinstance(n_tumours, (int, np.integer)) else tuple(n_tumours)
     if len(t) != 2 or not all(isinstance(v, (int, np.integer)) for v in t) or not 0 <= t[0] <= t[1] <= 8:
         raise ConfigError(f"number of tumours must be an int or a (min, max) range within 0..8, got {n_tumours!r}.")

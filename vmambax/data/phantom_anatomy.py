@@ -325,8 +325,12 @@ def vessel_sdf(segs, min_radius: float = 0.0) -> Union:
 
 # --- the layer list -------------------------------------------------------------------------------
 
-def anatomy_layers(p: Patient, rng: np.random.Generator) -> tuple[list[Layer], list[Layer], dict]:
+def anatomy_layers(p: Patient, rng: np.random.Generator, z_range: tuple[float, float] = (-400.0, 500.0),
+                   abdomen_floor: float = -400.0) -> tuple[list[Layer], list[Layer], dict]:
     """Return (layers before the tumours, layers after them, helpers) in painting order.
+
+    ``z_range``: axial reach of the body layers (the whole-body phantom extends it to the thighs);
+    ``abdomen_floor``: where the abdominal cavity's soft tissue ends (its pelvic floor).
 
     Tumours are painted between the lungs and the mediastinal organs so that they fill lung and
     mediastinal fat but never cover the heart, vessels or bones."""
@@ -338,7 +342,7 @@ def anatomy_layers(p: Patient, rng: np.random.Generator) -> tuple[list[Layer], l
     lung_tex = Waves(rng, 6, (15.0, 40.0))
     organ_tex = Waves(rng, 5, (25.0, 60.0))
     xa, ba, bp = p.body_a, p.body_b_ant, p.body_b_post
-    zlo, zhi = -400.0, 500.0
+    zlo, zhi = z_range
     body_bbox = (-xa - 40, xa + 40, -ba - 5, bp + 5, zlo, zhi)
     cav_bbox = (-p.cav_a - 5, p.cav_a + 5, -p.cav_b_ant - 5, p.cav_b_post + 5, zlo, zhi)
 
@@ -375,7 +379,7 @@ def anatomy_layers(p: Patient, rng: np.random.Generator) -> tuple[list[Layer], l
         Layer("muscle", muscle, body_bbox, lambda x, y, z, d: 45.0 + 5.0 * organ_tex(x, y, z),
               s["muscle"], MUSCLE, frozenset({FAT})),
         Layer("mediastinal fat", cav, cav_bbox, -95.0, s["fat"] + 0.1, MED_FAT),
-        Layer("abdomen", abdomen, cav_bbox[:5] + (40.0,), 25.0, s["soft"], ABDOMEN),
+        Layer("abdomen", abdomen, cav_bbox[:4] + (max(zlo, abdomen_floor), 40.0), 25.0, s["soft"], ABDOMEN),
         Layer("lung", lung, cav_bbox[:4] + (-120.0, p.z_apex + 5), lung_hu, lung_suv, LUNG),
     ]
     after: list[Layer] = []

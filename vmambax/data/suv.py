@@ -418,11 +418,18 @@ def suv_factor_from_tags(tags: Mapping, *, weight_kg: float | None = None,
                      half_life if elapsed is not None else None, decay_correction, tuple(notes))
 
 
-def check_suv_plausible(suv: np.ndarray, *, what: str = "The PET",
-                        hint: str | None = None) -> None:
-    """Refuse values that cannot be SUVs (activity in Bq/mL taken as SUV, wrong tags).
+MIN_SUV_P999 = 0.05  # the hottest 0.1% of a body PET (brain, heart, bladder, tumour) is SUV > 1
 
-    Real SUVs stay below a few hundred even in the bladder; Bq/mL values are thousands.
+
+def check_suv_plausible(suv: np.ndarray, *, what: str = "The PET",
+                        hint: str | None = None, low_hint: str | None = None) -> None:
+    """Refuse values that cannot be SUVs of a body PET.
+
+    Too high: activity in Bq/mL taken as SUV, wrong tags (real SUVs stay below a few hundred
+    even in the bladder; Bq/mL values are thousands). Too low: a PET already in SUV converted
+    again with the DICOM SUV factor (about weight / dose, ~1e-3), which turns an SUVmax of 16
+    into 0.008: the 99.9th percentile of a body PET in SUV is well above ``MIN_SUV_P999``.
+    An all-zero image is left to the callers (nothing was converted twice).
     """
     flat = np.asarray(suv).ravel()
     sample = flat[:: max(1, flat.size // 2_000_000)]
@@ -438,3 +445,10 @@ def check_suv_plausible(suv: np.ndarray, *, what: str = "The PET",
                                                          "Pass --pet-units bqml together with "
                                                          "--weight-kg and --dose-mbq (Python: "
                                                          "units='bqml', weight_kg=, dose_mbq=)."))
+    if vmax > 0 and p999 < MIN_SUV_P999:
+        raise InputError(
+            f"{what} values (99.9th percentile {p999:.3g}, max {vmax:.3g}) are far too low for "
+            f"the SUV of a body PET (its hottest 0.1% is above {MIN_SUV_P999:g}): the PET was "
+            "probably converted to SUV twice (values already in SUV multiplied by the DICOM SUV "
+            "factor again). " + (low_hint or "Use the values as they are: pass --pet-units suv "
+                                             "(Python: units='suv')."))

@@ -116,7 +116,7 @@ class _Stages:
 def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model="default",
                   device="auto", batch_size=None, pet_units="auto", weight_kg=None,
                   dose_mbq=None, uptake_minutes=None, overwrite=False, threads=None, amp=None,
-                  compile=False, progress=None, cancel=None, segmenter=None):
+                  compile=False, progress=None, cancel=None, segmenter=None, all_slices=False):
     """Segment one PET/CT pair from files and write the outputs. Returns ``(result, report)``.
 
     ``segmenter`` reuses an already loaded ``Segmenter`` (batch scripts over many cases).
@@ -137,7 +137,8 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
     own_segmenter = segmenter is None
     if own_segmenter:
         segmenter = Segmenter(model, device=device, batch_size=batch_size, amp=amp,
-                              threads=threads, compile=compile, cancel=cancel)
+                              threads=threads, compile=compile, cancel=cancel,
+                              all_slices=all_slices)
     t_model = time.perf_counter() - t
 
     t = time.perf_counter()

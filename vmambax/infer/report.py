@@ -41,7 +41,7 @@ def build_report(result, *, inputs: dict, pet: dict | None = None, outputs: dict
     if "total" not in extra:
         outside = sum(all_timings.get(k, 0.0) for k in ("load", "resample", "write"))
         all_timings["total"] = round(result.timings["total"] + outside, 4)
-    order = ("model_load", "load", "resample", "preprocess", "inference", "postprocess",
+    order = ("model_load", "load", "resample", "preprocess", "slice_selection", "inference", "postprocess",
              "quantify", "write", "total")
     all_timings = {k: all_timings[k] for k in sorted(
         all_timings, key=lambda k: order.index(k) if k in order else len(order) - 1)}
@@ -62,7 +62,9 @@ def build_report(result, *, inputs: dict, pet: dict | None = None, outputs: dict
         "torch_version": _torch_version(),
         "python": platform.python_version(),
         "slices": result.n_slices,
-        "slices_per_second": round(result.n_slices / inference, 3) if inference > 0 else None,
+        "slices_run": result.n_slices_run,
+        "slice_selection": result.slice_selection,
+        "slices_per_second": round(result.n_slices_run / inference, 3) if inference > 0 else None,
         "timings_s": all_timings,
         "outputs": outputs or {},
         "totals": {k: round(v, 4) if isinstance(v, float) else v for k, v in result.totals.items()},

@@ -10,8 +10,10 @@ Flow: the shared preprocessing (``vmambax.data.preprocess``) turns the volume in
 slices at the model's input size, vectorised up front (two uint8 (z, 512, 512) stacks are small);
 the model runs over batches of slices under ``torch.inference_mode`` (bf16 autocast and
 channels-last on CUDA); sigmoid probabilities are mapped back to the native CT grid and thresholded
-at 0.5 (prob > 0.5, as the reference ``pred.py``). Every slice is run, none skipped, so results
-match slice-wise evaluation exactly.
+at 0.5 (prob > 0.5, as the reference ``pred.py``). By default only the slices around the lungs
+run (``vmambax.infer.lung_field``: the CT's lung field plus 2 cm); the others are left empty, as
+the network segments lung tumours. ``all_slices=True`` runs every slice, so results then match
+slice-wise evaluation exactly. A slice's result never depends on which other slices ran.
 """
 
 from __future__ import annotations
@@ -47,12 +49,14 @@ class SegmentationResult:
     scan_backend: str
     batch_size: int  # the batch size finally used (after any out-of-memory back-off)
     amp: str | None  # autocast dtype name, or None for fp32
-    n_slices: int
+    n_slices: int  # axial slices in the volume
+    n_slices_run: int = 0  # slices the network ran on (the lung field, or all)
+    slice_selection: dict = dataclasses.field(default_factory=dict)  # lung_field summary
 
     @property
     def slices_per_second(self) -> float:
         t = self.timings.get("inference", 0.0)
-        return self.n_slices / t if t > 0 else float("nan")
+        return self.n_slices_run / t if t > 0 else float("nan")
 
 
 def _is_cancelled(cancel) -> bool:
@@ -100,13 +104,16 @@ class Segmenter:
     threads: CPU threads while segmenting (None: OMP_NUM_THREADS or the usable CPUs, max 16);
         the previous torch setting is restored afterwards, so a host application (Slicer) keeps its own.
     channels_last / compile: CUDA speed options (channels-last memory format, ``torch.compile``).
+    all_slices: run every axial slice; by default only the slices within ``lung_margin_mm`` of
+        the CT's lung field run (a CT without lungs raises ``InputError`` naming this option).
     """
 
     def __init__(self, model: str | Path | torch.nn.Module = "default", device: str = "auto",
                  batch_size: int | None = None, amp: bool | None = None,
                  progress: ProgressFn | None = None, cancel=None, threads: int | None = None,
                  channels_last: bool | None = None, compile: bool | str = False,
-                 keep_probability: bool = False, image_size: int | None = None):
+                 keep_probability: bool = False, image_size: int | None = None,
+                 all_slices: bool = False, lung_margin_mm: float | None = None):
         if batch_size is not None and int(batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.device = devices.resolve_device(device)
@@ -115,6 +122,8 @@ class Segmenter:
         self.threads = threads if threads is not None else (
             devices.default_cpu_threads() if self.device.type == "cpu" else None)
         self.keep_probability = keep_probability
+        self.all_slices = bool(all_slices)
+        self.lung_margin_mm = lung_margin_mm
         self.amp_dtype = devices.amp_dtype(self.device, amp)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
         self.model, self.model_info = self._load_model(model, image_size)
@@ -251,9 +260,17 @@ class Segmenter:
             # Orientation, windowing, pad-to-square and resize: the shared preprocessing.
             ct_u8, pet_u8, geometry = volume_to_slices(ct, pet_suv, size=self.image_size)
             timings["preprocess"] = time.perf_counter() - t
+            t = time.perf_counter()
+            run, selection = self._select_slices(ct, geometry)
+            timings["slice_selection"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            prob = self._predict_slices(ct_u8, pet_u8, start=0.05, stop=0.9)
+            if run is None:
+                prob = self._predict_slices(ct_u8, pet_u8, start=0.05, stop=0.9)
+            else:
+                prob = np.zeros(ct_u8.shape, dtype=np.float32)
+                idx = np.flatnonzero(run)
+                prob[idx] = self._predict_slices(ct_u8[idx], pet_u8[idx], start=0.05, stop=0.9)
             timings["inference"] = time.perf_counter() - t
 
             self._check_cancel()
@@ -284,7 +301,23 @@ class Segmenter:
             model_name=self.model_info["name"], model=dict(self.model_info),
             device=self.device_name, scan_backend=self.scan_backend, batch_size=self.batch_size,
             amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else None,
-            n_slices=int(ct_u8.shape[0]))
+            n_slices=int(ct_u8.shape[0]), n_slices_run=int(selection["slices_run"]),
+            slice_selection=selection)
+
+    def _select_slices(self, ct, geometry):
+        """``(run, summary)``: the slices to segment (None = all) and the report entry."""
+        from vmambax.infer.lung_field import DEFAULT_MARGIN_MM, all_slices, lung_field
+
+        n = geometry.shape[0]
+        if self.all_slices:
+            return None, all_slices(n)
+        import SimpleITK as sitk
+
+        spacing = geometry.spacing or (1.0, 1.0, 1.0)
+        axial = geometry.axes.to_axial(sitk.GetArrayViewFromImage(ct))
+        margin = DEFAULT_MARGIN_MM if self.lung_margin_mm is None else float(self.lung_margin_mm)
+        field = lung_field(axial, spacing, margin_mm=margin)
+        return (None if field.n_run == n else field.run), field.summary()
 
     def predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray) -> np.ndarray:
         """Probabilities for preprocessed uint8 ``(z, S, S)`` stacks (benchmarks, PCLT20K PNGs),
