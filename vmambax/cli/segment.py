@@ -13,10 +13,10 @@ def register(subparsers) -> None:
         "segment", help="segment lung tumours on a PET/CT pair (label + report + preview)",
         description="Segment lung tumours on co-registered PET/CT. The PET is resampled onto the "
                     "CT; the label has exactly the CT's grid. Research software, not for clinical use.")
-    p.add_argument("--ct", required=True, help="CT (HU): NIfTI/NRRD/MHA file or DICOM series folder")
-    p.add_argument("--pet", required=True, help="PET: NIfTI/NRRD/MHA file (SUV unless --pet-units "
+    p.add_argument("--ct", help="CT (HU): NIfTI/NRRD/MHA file or DICOM series folder")
+    p.add_argument("--pet", help="PET: NIfTI/NRRD/MHA file (SUV unless --pet-units "
                    "says otherwise) or DICOM series folder (units from its tags)")
-    p.add_argument("-o", "--output", required=True,
+    p.add_argument("-o", "--output",
                    help="label file: .nii.gz, .nii, .nrrd, .seg.nrrd, .mha, or .dcm for a DICOM SEG "
                         "(DICOM CT input)")
     p.add_argument("--model", default="default",
@@ -47,6 +47,9 @@ def register(subparsers) -> None:
                    help="run the network on every axial slice (default: only the slices within "
                         "2 cm of the CT's lung field; the others are left empty)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or lesion table")
+    from vmambax.cli.segment_cohort import add_cohort_arguments
+
+    add_cohort_arguments(p)  # --cases LIST --out-dir DIR [--devices] [--shard] [--merge]
     p.set_defaults(func=run)
 
 
@@ -106,7 +109,12 @@ def print_summary(result, outputs: dict, file=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vmambax.cli.segment_cohort import check_single_case_arguments, run_cohort_command
     from vmambax.infer.pipeline import segment_files
+
+    if args.cases or args.out_dir or args.merge:
+        return run_cohort_command(args)
+    check_single_case_arguments(args)
 
     update, close = progress_bar(args.quiet)
     try:
