@@ -72,9 +72,10 @@ class RunLock:
                 if holder is not None:
                     raise ConfigError(
                         f"a training is already running in {self.path.parent} "
-                        f"({_describe(holder)}); wait for it to finish or stop it, or choose "
-                        f"another run folder. If no training is running there, delete "
-                        f"{self.path}") from None
+                        f"({_describe(holder)}); wait for it to finish, or stop it (an empty "
+                        f"file named STOP in that folder makes it save a checkpoint and exit), "
+                        f"or choose another run folder. If no training is running there, "
+                        f"delete {self.path}") from None
                 self.path.unlink(missing_ok=True)  # stale: take it over
                 continue
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
