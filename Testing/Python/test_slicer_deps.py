@@ -1,7 +1,6 @@
 """Dependency checks (vmambax.deps) and the first-use install flow of the Slicer modules."""
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
