@@ -16,9 +16,15 @@ def _matches(name: str, packages) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
 
 
-def reload_packages(*packages: str) -> list[str]:
-    """Re-import every loaded module of ``packages``; returns their names."""
-    names = [name for name in list(sys.modules) if _matches(name, packages)]
+# State both panels share for the whole session: reloading one panel must not give it a guard of
+# its own (the other panel would no longer see its jobs).
+KEEP = ("VMambaXCommon.busy",)
+
+
+def reload_packages(*packages: str, keep=KEEP) -> list[str]:
+    """Re-import every loaded module of ``packages`` except ``keep``; returns their names."""
+    names = [name for name in list(sys.modules)
+             if _matches(name, packages) and not _matches(name, keep)]
     for name in names:
         del sys.modules[name]
     for name in names:

@@ -356,8 +356,26 @@ def test_reload_packages_picks_up_edited_code(tmp_path, monkeypatch):
     names = reload_packages("vmx_reload_demo")
     assert set(names) == {"vmx_reload_demo", "vmx_reload_demo.base", "vmx_reload_demo.user"}
     assert sys.modules["vmx_reload_demo.user"].VALUE == 2  # the user module sees the new base
+    # Kept modules (the shared busy guard) stay the same object.
+    base = sys.modules["vmx_reload_demo.base"]
+    assert "vmx_reload_demo.base" not in reload_packages("vmx_reload_demo",
+                                                         keep=("vmx_reload_demo.base",))
+    assert sys.modules["vmx_reload_demo.base"] is base
     for name in names:
         monkeypatch.delitem(sys.modules, name, raising=False)
+
+
+def test_reloading_the_glue_keeps_the_one_busy_guard_of_the_session(monkeypatch):
+    import VMambaXCommon.busy
+    import VMambaXCommon.devices
+
+    for name in [n for n in sys.modules if n.startswith("VMambaXCommon")]:
+        monkeypatch.setitem(sys.modules, name, sys.modules[name])  # other tests keep theirs
+    guard, devices_module = VMambaXCommon.busy.SHARED, sys.modules["VMambaXCommon.devices"]
+    names = reload_packages("VMambaXCommon")
+    assert "VMambaXCommon.devices" in names and "VMambaXCommon.busy" not in names
+    assert sys.modules["VMambaXCommon.devices"] is not devices_module  # fresh code
+    assert sys.modules["VMambaXCommon.busy"].SHARED is guard
 
 
 def test_both_widgets_reload_their_lib_and_the_shared_glue():
