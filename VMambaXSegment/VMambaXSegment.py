@@ -20,12 +20,24 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4: no translations
+    def _(text):
+        return text
+
+    def translate(_context, text):
+        return text
+
 # Installed, VMambaXCommon sits beside this file (qt-scripted-modules); in a source checkout added
 # through "Additional module paths" (the module folders) it is one folder up.
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in sys.path:
     sys.path.append(_CHECKOUT)
 
+from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import refill_choices
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
 from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
@@ -39,18 +51,18 @@ BROWSE_ITEM = "Browse…"
 class VMambaXSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "VMambaX Segment"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("VMambaX Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["VMambaX developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segments lung tumours on a co-registered PET/CT pair with the vMambaX network "
             "(dual-branch Visual Mamba with context-gated cross-modal fusion) and measures each "
             "lesion (SUVmax, SUVmean, SUVpeak, MTV, TLG). PET in Bq/mL is converted to "
             "body-weight SUV from its DICOM tags, or from the weight and dose you enter. "
-            "Research software, not for clinical use. "
-            '<a href="https://github.com/vmambax/SlicerVMambaX">Documentation</a>.')
-        self.parent.acknowledgementText = (
+            "Research software, not for clinical use.") + (
+            ' <a href="https://github.com/vmambax/SlicerVMambaX">' + _("Documentation") + "</a>.")
+        self.parent.acknowledgementText = _(
             "vMambaX: arXiv 2510.27508. CIPA (CVPR 2025) and the PCLT20K data set. This "
             "re-implementation is independent of the authors' code.")
 
@@ -98,6 +110,8 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._task = None
+        self._taskToken = None  # our hold on the shared busy guard while the network runs
+        self._userModels = set()  # registered by the user: these can be removed
         self._dependenciesChecked = False
         self._updatingGUI = False
 
@@ -110,9 +124,10 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = VMambaXSegmentLogic()
 
         for key in PET_UNITS:
-            self.ui.petUnitsComboBox.addItem(PET_UNITS_LABELS[key], key)
+            self.ui.petUnitsComboBox.addItem(_(PET_UNITS_LABELS[key]), key)
         self._populateModels()
         self._populateDevices()
+        _BUSY.add_listener(self._updateButtons)  # an install or export in either panel
 
         self._timer = qt.QTimer()
         self._timer.setInterval(150)
@@ -121,6 +136,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.browseModelButton.connect("clicked(bool)", self.onBrowseModel)
+        self.ui.removeModelButton.connect("clicked(bool)", self.onRemoveModel)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
         self.ui.petUnitsComboBox.connect("currentIndexChanged(int)", self._onComboChanged)
@@ -133,9 +149,19 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None:
             self._task.cancel()
         self._timer.stop()
+        _BUSY.release(self._taskToken)
+        _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
 
+    def onReload(self):
+        """Reload the Lib and the shared glue too (Slicer re-reads only this file)."""
+        from VMambaXCommon.reloading import reload_packages
+
+        reload_packages("VMambaXCommon", "VMambaXSegmentLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def enter(self):
+        self._populateModels()  # models registered meanwhile by VMambaX Train
         self.initializeParameterNode()
 
     def exit(self):
@@ -204,24 +230,31 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- choices ----------------------------------------------------------------------------
     def _populateModels(self):
+        """(Re)list the registered models, keeping the current choice (signals blocked)."""
         combo = self.ui.modelComboBox
-        combo.clear()
         try:
             models = self.logic.availableModels()
+            self._userModels = self.logic.userModelNames()
         except Exception as exc:  # a broken user registry must not break the panel
             logging.warning(f"VMambaX: cannot read the model registry: {exc}")
-            models = []
-        combo.addItem("Default model", "default")
-        for name, description in models:
-            combo.addItem(name, name)
-            combo.setItemData(combo.count - 1, description, qt.Qt.ToolTipRole)
+            models, self._userModels = [], set()
+        selected = (self._parameterNode or self.logic.getParameterNode()).model
+        refill_choices(combo, [("default", _("Default model"))] + [(n, n) for n, _d in models],
+                       selected, fallback="default")
+        for index, (_name, description) in enumerate(models, start=1):
+            combo.setItemData(index, description, qt.Qt.ToolTipRole)
+        if selected and combo.findData(selected) < 0 and selected != "default":
+            if os.path.basename(selected) != selected:  # a browsed model file
+                self._addModelFile(selected)
+                _selectData(combo, selected)
+            elif self._parameterNode is not None:  # a registered model removed meanwhile
+                self._parameterNode.model = "default"
 
     def _populateDevices(self):
-        combo = self.ui.deviceComboBox
-        combo.clear()
-        labels = {"auto": "auto (GPU if available)", "cpu": "CPU", "cuda": "CUDA GPU"}
-        for device in self.logic.availableDevices():
-            combo.addItem(labels.get(device, device), device)
+        """(Re)list the devices with their names; the user's choice survives (a rebuilt list
+        used to reset it to automatic just before the first run)."""
+        selected = (self._parameterNode or self.logic.getParameterNode()).device
+        refill_choices(self.ui.deviceComboBox, self.logic.deviceChoices(), selected)
 
     def _addModelFile(self, path):
         combo = self.ui.modelComboBox
@@ -238,10 +271,30 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._addModelFile(path)
         self._parameterNode.model = path
 
+    def onRemoveModel(self):
+        """Forget the selected user model (after confirmation); its file stays on disk."""
+        name = self.ui.modelComboBox.currentData
+        if name not in self._userModels:
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Remove the model '{name}' from the list? Its file is kept on disk.").format(name=name),
+                windowTitle=_("VMambaX: remove model")):
+            return
+        try:
+            self.logic.removeUserModel(name)
+        except Exception as exc:
+            show_error(exc, _("The model could not be removed"))
+        if self._parameterNode is not None and self._parameterNode.model == name:
+            self._parameterNode.model = "default"
+        self._populateModels()
+        self._updateGUIFromParameterNode()
+
     def _updateModelInfo(self):
         combo = self.ui.modelComboBox
         tip = combo.itemData(combo.currentIndex, qt.Qt.ToolTipRole) if combo.currentIndex >= 0 else ""
         self.ui.modelInfoLabel.text = tip or ""
+        removable = combo.currentData in self._userModels
+        self.ui.removeModelButton.enabled = removable and self._task is None
 
     def _updatePetInfo(self):
         # Swapped inputs are named before any request for weight and dose (Lib, tested).
@@ -254,51 +307,69 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _updateButtons(self):
         p = self._parameterNode
         running = self._task is not None
+        busy = _BUSY.busy  # an install, export or segmentation in either panel
         ready = bool(p and p.ctVolume and p.petVolume)
-        self.ui.segmentButton.enabled = ready and not running
+        self.ui.segmentButton.enabled = ready and not running and not busy
         self.ui.cancelButton.enabled = running
         for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton,
                        self.ui.outputCollapsibleButton):
             widget.enabled = not running
-        if not running:
-            self.ui.segmentButton.toolTip = ("Segment the lung tumours." if ready else
-                                             "Select a CT and a PET volume first.")
+        if busy and not running:
+            self.ui.segmentButton.toolTip = _("Wait: VMambaX is {job}.").format(job=_BUSY.job)
+        elif not running:
+            self.ui.segmentButton.toolTip = (_("Segment the lung tumours.") if ready else
+                                             _("Select a CT and a PET volume first."))
 
     # -- running ----------------------------------------------------------------------------
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return True
+        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
-        notes = ensure_dependencies_in_slicer("segment")
+        # pip runs with the event loop turning: the busy guard keeps a second click out.
+        with _BUSY.hold(_("installing Python packages")):
+            notes = ensure_dependencies_in_slicer("segment", settings=QtSettingsStore(),
+                                                  ask_gpu_extras=ask_install_later_never)
         self._dependenciesChecked = True
         if notes:
             slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")
-            self._populateDevices()  # a freshly installed CUDA torch adds the GPU
+        self._populateDevices()  # a freshly installed CUDA torch adds the GPU; choice kept
         return True
 
     def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
         from vmambax.data.patient import DifferentPatientsError
 
+        if _BUSY.busy or self._task is not None:
+            return  # a click queued while something runs (the button is disabled then)
         p = self._parameterNode
         try:
             self._ensureDependencies()
-            self.ui.statusLabel.text = "Starting…"
-            # The PET's DICOM SUV tags are looked up by the logic (Slicer's DICOM database).
-            self._task = self.logic.segmentAsync(
-                p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model, device=p.device,
-                petUnits=p.petUnits, weightKg=p.weightKg or None, doseMBq=p.doseMBq or None,
-                allSlices=p.allSlices, allowDifferentPatients=allowDifferentPatients)
+            self.ui.statusLabel.text = _("Starting…")
+            token = _BUSY.acquire(_("segmenting"))
+            try:
+                # The PET's DICOM SUV tags are looked up by the logic (Slicer's DICOM database).
+                self._task = self.logic.segmentAsync(
+                    p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model,
+                    device=p.device, petUnits=p.petUnits, weightKg=p.weightKg or None,
+                    doseMBq=p.doseMBq or None, allSlices=p.allSlices,
+                    allowDifferentPatients=allowDifferentPatients)
+            except BaseException:
+                _BUSY.release(token)
+                raise
+            self._taskToken = token
         except DifferentPatientsError as exc:  # ask, and run again only if the user confirms
-            self.ui.statusLabel.text = "Different patients: waiting for confirmation."
-            if slicer.util.confirmYesNoDisplay(f"{exc}\n\nSegment anyway?",
-                                               windowTitle="VMambaX: different patients?"):
+            self.ui.statusLabel.text = _("Different patients: waiting for confirmation.")
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Segment anyway?"),
+                                               windowTitle=_("VMambaX: different patients?")):
                 self.onSegmentButton(allowDifferentPatients=True)
             else:
-                self.ui.statusLabel.text = "Not started: the CT and PET are of different patients."
+                self.ui.statusLabel.text = _("Not started: the CT and PET are of different patients.")
+            self._updateButtons()
             return
         except Exception as exc:
-            show_error(exc, "VMambaX could not start")
+            show_error(exc, _("VMambaX could not start"))
+            self._updateButtons()
             return
         self.ui.progressBar.value = 0
         self._updateButtons()
@@ -307,7 +378,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelButton(self):
         if self._task is not None:
             self._task.cancel()
-            self.ui.statusLabel.text = "Cancelling after the current batch…"
+            self.ui.statusLabel.text = _("Cancelling after the current batch…")
             self.ui.cancelButton.enabled = False
 
     def _onTimer(self):
@@ -322,19 +393,22 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not task.done:
             return
         self._timer.stop()
-        self._task = None
         from vmambax.errors import Cancelled
 
         try:
             output = task.apply()
         except Cancelled:
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Cancelled; the scene was not changed."
+            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
         except Exception as exc:
-            self.ui.statusLabel.text = f"Failed: {exc}"
-            show_error(exc, "VMambaX segmentation failed")
+            self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
+            show_error(exc, _("VMambaX segmentation failed"))
         else:
             self._showOutput(output)
+        finally:
+            self._task = None
+            token, self._taskToken = self._taskToken, None
+            _BUSY.release(token)  # notifies both panels
         self._updateButtons()
 
     def _showOutput(self, output):
@@ -348,8 +422,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
-        slicer.util.setSliceViewerLayers(background=p.ctVolume, foreground=p.petVolume,
-                                         foregroundOpacity=0.4, fit=True)
+        from VMambaXSegmentLib.display import show_pet_over_ct
+
+        if p.ctVolume and p.petVolume:
+            show_pet_over_ct(p.ctVolume, p.petVolume)  # PET-Heat over the CT, half opacity
+            slicer.util.setSliceViewerLayers(fit=True)
 
 
 def _selectData(combo, data):

@@ -1,22 +1,35 @@
 """VMambaX Train: train the vMambaX network on your own annotated PET/CT cases.
 
 Thin widget over ``VMambaXTrainLib`` (no Qt): training is a background ``vmambax train`` process
-followed through its progress file, so Slicer stays usable; Stop checkpoints and Resume continues.
+followed through its progress file, so Slicer stays usable; Stop checkpoints and Resume continues,
+Cancel ends the trainer with every process it started.
 """
 
 import logging
 import os
 import sys
 import tempfile
+from typing import Annotated
 
 import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
 import qt
 import slicer
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+import vtk
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest,
                                            ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4: no translations
+    def _(text):
+        return text
+
+    def translate(_context, text):
+        return text
 
 # Installed, VMambaXCommon sits beside this file (qt-scripted-modules); in a source checkout added
 # through "Additional module paths" (the module folders) it is one folder up.
@@ -24,9 +37,11 @@ _CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in sys.path:
     sys.path.append(_CHECKOUT)
 
+from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import device_choices, refill_choices
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
-from VMambaXTrainLib.logic import TrainingCase
+from VMambaXTrainLib.logic import TrainingCase, defaultConfig
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
 
 CONFIG_CHOICES = (
@@ -34,6 +49,7 @@ CONFIG_CHOICES = (
     ("vmambax-nano", "vMambaX nano (small, trains on a CPU)"),
     ("cipa", "CIPA (comparison network)"),
 )
+STOP_GRACE_S = 300  # a stop not honoured by then (a hung step) ends the process tree
 
 
 #
@@ -42,17 +58,17 @@ CONFIG_CHOICES = (
 class VMambaXTrain(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "VMambaX Train"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("VMambaX Train")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["VMambaX developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Trains the vMambaX PET/CT tumour segmentation network on your own annotated cases "
             "(CT, PET and a tumour segmentation in the scene, or a folder of cases). Training "
             "runs in the background with live loss and validation Dice; it can be stopped and "
             "resumed. When it finishes, the model appears in VMambaX Segment. Research software, "
             "not for clinical use.")
-        self.parent.acknowledgementText = "vMambaX: arXiv 2510.27508; CIPA: CVPR 2025."
+        self.parent.acknowledgementText = _("vMambaX: arXiv 2510.27508; CIPA: CVPR 2025.")
 
 
 #
@@ -60,8 +76,12 @@ class VMambaXTrain(ScriptedLoadableModule):
 #
 @parameterNodeWrapper
 class VMambaXTrainParameterNode:
-    config: str = "vmambax"
-    epochs: int = 50
+    """Everything the panel shows, saved with the scene. ``epochs`` and ``modelName`` are bound
+    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels)
+    and the folders are synchronised by hand."""
+
+    config: str = ""  # "": not chosen yet -> vmambax with CUDA, vmambax-nano without
+    epochs: Annotated[int, WithinRange(1, 10000)] = 50
     device: str = "auto"
     runFolder: str = ""
     dataFolder: str = ""
@@ -91,11 +111,12 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self._parameterNode = None
+        self._parameterNodeGuiTag = None
         self._cases = []
         self._run = None
         self._chart = None
         self._dependenciesChecked = False
-        self._loading = False
+        self._updatingGUI = False
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -110,11 +131,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.plotContainer.layout().addWidget(self.plotWidget)
 
         for key, label in CONFIG_CHOICES:
-            self.ui.configComboBox.addItem(label, key)
-        from VMambaXCommon.devices import available_devices
-
-        for device in available_devices():
-            self.ui.trainDeviceComboBox.addItem(device, device)
+            self.ui.configComboBox.addItem(_(label), key)
+        refill_choices(self.ui.trainDeviceComboBox, device_choices(), "auto")
 
         self._timer = qt.QTimer()
         self._timer.setInterval(1000)
@@ -130,73 +148,97 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.startButton.connect("clicked(bool)", lambda: self.onStart(resume=False))
         self.ui.resumeButton.connect("clicked(bool)", lambda: self.onStart(resume=True))
         self.ui.stopButton.connect("clicked(bool)", self.onStop)
-        self.ui.configComboBox.connect("currentIndexChanged(int)", self._saveToParameterNode)
-        self.ui.trainDeviceComboBox.connect("currentIndexChanged(int)", self._saveToParameterNode)
-        self.ui.epochsSpinBox.connect("valueChanged(int)", self._saveToParameterNode)
-        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self._saveToParameterNode)
-        self.ui.dataFolderPathLineEdit.connect("currentPathChanged(QString)", self._saveToParameterNode)
-        self.ui.modelNameLineEdit.connect("textChanged(QString)", self._saveToParameterNode)
+        self.ui.cancelTrainingButton.connect("clicked(bool)", self.onCancel)
+        self.ui.configComboBox.connect("currentIndexChanged(int)", self._onWidgetChanged)
+        self.ui.trainDeviceComboBox.connect("currentIndexChanged(int)", self._onWidgetChanged)
+        self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self._onWidgetChanged)
+        self.ui.dataFolderPathLineEdit.connect("currentPathChanged(QString)", self._onWidgetChanged)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self._initializeParameterNode()
+        _BUSY.add_listener(self._updateButtons)  # an install or export in either panel
+        self.initializeParameterNode()
         self._updateSourceVisibility()
-
-    def _initializeParameterNode(self):
-        self._parameterNode = self.logic.getParameterNode()
-        if not self._parameterNode.runFolder:
-            self._parameterNode.runFolder = os.path.join(
-                os.path.expanduser("~"), "VMambaX", "runs", "run1")
-        self._loadFromParameterNode()
 
     def cleanup(self):
         if self._run is not None and self._run.isRunning():
             self._run.stop()  # checkpoint and exit: the run can be resumed later
         self._timer.stop()
+        _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
+
+    def onReload(self):
+        """Reload the Lib and the shared glue too (Slicer re-reads only this file)."""
+        from VMambaXCommon.reloading import reload_packages
+
+        reload_packages("VMambaXCommon", "VMambaXTrainLib")
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         # A running training keeps going (it is a separate process); only scene links go.
         self._cases = []
         self._chart = None
-        self._parameterNode = None
+        self.setParameterNode(None)
         self.ui.casesListWidget.clear()
 
     def onSceneEndClose(self, caller, event):
-        self._initializeParameterNode()
+        if self.parent.isEntered:
+            self.initializeParameterNode()
 
-    # -- parameter node (plain widgets, synchronised by hand) ---------------------------------
-    def _loadFromParameterNode(self):
+    # -- parameter node -------------------------------------------------------------------------
+    def initializeParameterNode(self):
+        p = self.logic.getParameterNode()
+        with slicer.util.NodeModify(p):
+            if not p.config:
+                p.config = defaultConfig()  # vmambax-nano without CUDA
+            if not p.runFolder:
+                p.runFolder = os.path.join(os.path.expanduser("~"), "VMambaX", "runs", "run1")
+        self.setParameterNode(p)
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                                self._updateGUIFromParameterNode)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            # epochs and modelName bind through SlicerParameterName in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent,
+                             self._updateGUIFromParameterNode)
+            self._updateGUIFromParameterNode()
+
+    def _updateGUIFromParameterNode(self, caller=None, event=None):
         p = self._parameterNode
-        self._loading = True  # the widgets' change signals must not save half-loaded values
+        if p is None:
+            return
+        self._updatingGUI = True  # the widgets' change signals must not save half-set values
         try:
-            self._setWidgets(p)
+            _selectData(self.ui.configComboBox, p.config)
+            _selectData(self.ui.trainDeviceComboBox, p.device)
+            if self.ui.runFolderPathLineEdit.currentPath != p.runFolder:
+                self.ui.runFolderPathLineEdit.currentPath = p.runFolder
+            if self.ui.dataFolderPathLineEdit.currentPath != p.dataFolder:
+                self.ui.dataFolderPathLineEdit.currentPath = p.dataFolder
         finally:
-            self._loading = False
+            self._updatingGUI = False
         self._updateButtons()
 
-    def _setWidgets(self, p):
-        index = self.ui.configComboBox.findData(p.config)
-        self.ui.configComboBox.setCurrentIndex(max(index, 0))
-        index = self.ui.trainDeviceComboBox.findData(p.device)
-        self.ui.trainDeviceComboBox.setCurrentIndex(max(index, 0))
-        self.ui.epochsSpinBox.value = p.epochs
-        self.ui.runFolderPathLineEdit.currentPath = p.runFolder
-        self.ui.dataFolderPathLineEdit.currentPath = p.dataFolder
-        self.ui.modelNameLineEdit.text = p.modelName
-
-    def _saveToParameterNode(self, *_args):
+    def _onWidgetChanged(self, *_args):
         p = self._parameterNode
-        if p is None or self._loading:
+        if p is None or self._updatingGUI:
             return
         with slicer.util.NodeModify(p):
-            p.config = self.ui.configComboBox.currentData or "vmambax"
+            p.config = self.ui.configComboBox.currentData or defaultConfig()
             p.device = self.ui.trainDeviceComboBox.currentData or "auto"
-            p.epochs = int(self.ui.epochsSpinBox.value)
             p.runFolder = self.ui.runFolderPathLineEdit.currentPath
             p.dataFolder = self.ui.dataFolderPathLineEdit.currentPath
-            p.modelName = self.ui.modelNameLineEdit.text.strip()
-        self._updateButtons()
 
     # -- cases ------------------------------------------------------------------------------
     def _updateSourceVisibility(self, *_args):
@@ -211,7 +253,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             self.logic.validateCases([case, case])  # the per-case checks (count checked at start)
         except Exception as exc:
-            show_error(exc, "Cannot add this case")
+            show_error(exc, _("Cannot add this case"))
             return
         self._cases.append(case)
         self.ui.casesListWidget.addItem(f"{case.ctNode.GetName()} | {case.petNode.GetName()} | "
@@ -227,6 +269,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateButtons(self, *_args):
         running = self._run is not None and self._run.isRunning()
+        busy = _BUSY.busy  # an install or export (this panel) or a segmentation (the other)
         p = self._parameterNode
         if self.ui.sceneCasesRadioButton.checked:
             haveData = len(self._cases) >= 2
@@ -236,12 +279,17 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addCaseButton.enabled = bool(self.ui.caseCtSelector.currentNode()
                                              and self.ui.casePetSelector.currentNode()
                                              and self.ui.caseSegmentationSelector.currentNode())
-        self.ui.startButton.enabled = haveData and haveRun and not running
-        self.ui.resumeButton.enabled = haveRun and not running and os.path.isfile(
-            os.path.join(p.runFolder, "checkpoints", "last.ckpt")) if haveRun else False
-        self.ui.stopButton.enabled = running
+        idle = not running and not busy
+        self.ui.startButton.enabled = haveData and haveRun and idle
+        self.ui.resumeButton.enabled = bool(haveRun and idle and os.path.isfile(
+            os.path.join(p.runFolder, "checkpoints", "last.ckpt")))
+        self.ui.stopButton.enabled = running and self._run.stopRequestedAt is None
+        self.ui.cancelTrainingButton.enabled = running
         for widget in (self.ui.casesCollapsibleButton, self.ui.trainingCollapsibleButton):
-            widget.enabled = not running
+            widget.enabled = idle
+        tip = _("Wait: VMambaX is {job}.").format(job=_BUSY.job) if busy else _(
+            "Export the cases (scene cases) and start training in the background.")
+        self.ui.startButton.toolTip = tip
 
     # -- training ---------------------------------------------------------------------------
     def _dataFolder(self):
@@ -253,9 +301,10 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         target = os.path.join(p.runFolder, "cases")
         if os.path.isdir(target) and os.listdir(target):
             target = tempfile.mkdtemp(prefix="cases-", dir=p.runFolder)
-        self.ui.statusLabel.text = "Exporting the cases…"
-        slicer.app.processEvents()
-        self.logic.exportCases(self._cases, target, progress=self._showProgress)
+        with _BUSY.hold(_("exporting the training cases")):  # the export runs processEvents
+            self.ui.statusLabel.text = _("Exporting the cases…")
+            slicer.app.processEvents()
+            self.logic.exportCases(self._cases, target, progress=self._showProgress)
         return target
 
     def _showProgress(self, fraction, message):
@@ -263,26 +312,42 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = message
         slicer.app.processEvents()
 
+    def _ensureDependencies(self):
+        if self._dependenciesChecked:
+            return
+        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
+        from VMambaXCommon.install import ensure_dependencies_in_slicer
+
+        with _BUSY.hold(_("installing Python packages")):  # pip runs with the event loop turning
+            notes = ensure_dependencies_in_slicer("train", settings=QtSettingsStore(),
+                                                  ask_gpu_extras=ask_install_later_never)
+        self._dependenciesChecked = True
+        for note in notes:
+            logging.info(note)
+        if notes:
+            slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX Train")
+        p = self._parameterNode
+        # A freshly installed CUDA torch adds the GPU; the user's device choice is kept.
+        refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")
+
     def onStart(self, resume=False):
+        if _BUSY.busy or (self._run is not None and self._run.isRunning()):
+            return  # a click queued while something runs (the buttons are disabled then)
         p = self._parameterNode
         try:
-            if not self._dependenciesChecked:
-                from VMambaXCommon.install import ensure_dependencies_in_slicer
-
-                for note in ensure_dependencies_in_slicer("train"):
-                    logging.info(note)
-                self._dependenciesChecked = True
+            self._ensureDependencies()
             dataFolder = None if resume else self._dataFolder()
+            # The run folder's lock refuses a second trainer there (this or another Slicer).
             self._run = self.logic.startTraining(dataFolder, p.runFolder, config=p.config,
                                                  epochs=p.epochs, device=p.device, resume=resume)
         except Exception as exc:
-            show_error(exc, "VMambaX training could not start")
+            show_error(exc, _("VMambaX training could not start"))
             self._updateButtons()
             return
         if self._chart is None or self._chart.chartNode.GetScene() is None:
             self._chart = TrainingChart(slicer.mrmlScene)
         self._showChart()
-        self.ui.statusLabel.text = ("Resuming training…" if resume else "Starting training…")
+        self.ui.statusLabel.text = _("Resuming training…") if resume else _("Starting training…")
         self.ui.progressBar.value = 0
         self._timer.start()
         self._updateButtons()
@@ -299,14 +364,28 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onStop(self):
         if self._run is not None:
             self._run.stop()
-            self.ui.statusLabel.text = "Stopping after the current step (a checkpoint is saved)…"
-            self.ui.stopButton.enabled = False
+            self.ui.statusLabel.text = _("Stopping after the current step (a checkpoint is saved)…")
+            self._updateButtons()
+
+    def onCancel(self):
+        """End the trainer now, with every process it started (the last checkpoint stays)."""
+        if self._run is None or not self._run.isRunning():
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Cancel the training now? Progress since the last checkpoint is lost; Resume "
+                  "continues from that checkpoint."), windowTitle=_("VMambaX Train")):
+            return
+        self._run.cancel()
+        self._onTimer()  # report the end at once
 
     def _onTimer(self):
         run = self._run
         if run is None:
             self._timer.stop()
             return
+        if run.stopOverdue(STOP_GRACE_S):
+            logging.warning("VMambaX Train: the trainer did not stop in time; ending its processes")
+            run.cancel()
         events = run.poll()
         if self._chart is not None:
             self._chart.addEvents(events)
@@ -325,12 +404,17 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if final == "done":
             self._register(run)
         elif final == "stopped":
-            self.ui.statusLabel.text = "Stopped. Press Resume to continue from the last checkpoint."
+            self.ui.statusLabel.text = _("Stopped. Press Resume to continue from the last checkpoint.")
+        elif run.cancelled:
+            self.ui.statusLabel.text = _("Cancelled. Press Resume to continue from the last "
+                                         "checkpoint.")
         else:
             message = run.failureMessage()
-            self.ui.statusLabel.text = f"Training failed: {message}"
-            slicer.util.errorDisplay(f"Training failed: {message}\n\nFull log: {run.logPath}",
-                                     windowTitle="VMambaX Train")
+            self.ui.statusLabel.text = _("Training failed: {message}").format(message=message)
+            slicer.util.errorDisplay(
+                _("Training failed: {message}\n\nFull log: {log}").format(message=message,
+                                                                          log=run.logPath),
+                windowTitle=_("VMambaX Train"))
         self._updateButtons()
 
     def _showEvent(self, event):
@@ -348,19 +432,26 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if event.get("eta_s"):
             parts.append(f"about {event['eta_s'] / 60:.0f} min left")
         if kind in ("step", "epoch", "start", "checkpoint"):
-            self.ui.statusLabel.text = "Training: " + ", ".join(parts)
+            self.ui.statusLabel.text = _("Training: ") + ", ".join(parts)
 
     def _register(self, run):
         p = self._parameterNode or self.logic.getParameterNode()
-        name = p.modelName or "my-vmambax"
+        name = p.modelName.strip() or "my-vmambax"
         try:
             entry = self.logic.registerModel(run, name)
         except Exception as exc:
-            show_error(exc, "The trained model could not be registered")
+            show_error(exc, _("The trained model could not be registered"))
             return
         self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = (f"Done. Model {entry.name!r} is registered: choose it in "
-                                    f"VMambaX Segment. File: {entry.file}")
+        self.ui.statusLabel.text = _("Done. Model {name} is registered: choose it in VMambaX "
+                                     "Segment. File: {file}").format(name=repr(entry.name),
+                                                                     file=entry.file)
+
+
+def _selectData(combo, data):
+    index = combo.findData(data)
+    if index >= 0 and index != combo.currentIndex:
+        combo.setCurrentIndex(index)
 
 
 #

@@ -7,8 +7,12 @@ it too. PyTorch is special: inside Slicer it is installed through the PyTorch ex
 ``pip install torch`` there is how users end up with a CPU-only or driver-mismatched build.
 
 ``mamba-ssm`` and ``causal-conv1d`` are optional speed-ups that only exist for CUDA; they are
-offered only where ``torch.cuda.is_available()``, and VMambaX runs without them (chunked PyTorch
-selective scan).
+offered only on Linux with a CUDA build of torch that sees a GPU (``gpu_extras_supported``), and
+VMambaX runs without them (chunked PyTorch selective scan).
+
+Reaching the package index is never tested with a raw socket: pip itself is asked
+(``index_probe_command``, short timeout), so pip's configuration (``pip.conf``,
+``PIP_INDEX_URL``, proxies, internal mirrors) applies, and pip's own error is what the user reads.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import importlib.util
+import os
 import re
-import socket
+import shutil
 import sys
 
 from vmambax.errors import DependencyError
@@ -54,6 +59,7 @@ CORE = (
     Requirement("requests", "requests", "2.28", "downloading models"),
     Requirement("pillow", "PIL", "9", "PNG input/output"),
     Requirement("tqdm", "tqdm", "4.64", "progress bars on the command line"),
+    Requirement("psutil", "psutil", "5.9", "stopping the training process and its workers"),
 )
 
 GPU_EXTRAS = (
@@ -65,7 +71,7 @@ GPU_EXTRAS = (
 FEATURES = {
     "segment": ("numpy", "scipy", "scikit-image", "SimpleITK", "pydicom", "requests"),
     "train": ("numpy", "scipy", "SimpleITK", "pydicom", "pytorch-lightning", "pillow", "tqdm",
-              "matplotlib"),
+              "matplotlib", "psutil"),
     "all": tuple(r.name for r in CORE),
 }
 
@@ -138,9 +144,84 @@ def cuda_available() -> bool:
         return False
 
 
-def gpu_extras_missing(cuda: bool | None = None) -> list[Requirement]:
-    """mamba-ssm / causal-conv1d when CUDA is present and they are not installed; else []."""
-    if not (cuda_available() if cuda is None else cuda):
+def mps_available() -> bool:
+    """True when an installed torch sees Apple's Metal GPU (False without torch)."""
+    if installed_version(TORCH) is None:
+        return False
+    try:
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps is not None and mps.is_available())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchBuild:
+    """What the installed torch was built for, and what the machine has."""
+
+    version: str | None  # None: torch absent
+    cuda_version: str | None  # torch.version.cuda: None for CPU (and ROCm) builds
+    cuda_available: bool
+    platform: str  # sys.platform
+    nvidia_gpu: bool  # an NVIDIA driver is installed (nvidia-smi / /proc/driver/nvidia)
+
+
+def nvidia_gpu_present(which=shutil.which, exists=os.path.exists) -> bool:
+    """An NVIDIA driver is installed: ``nvidia-smi`` on the PATH or ``/proc/driver/nvidia``
+    (the driver's kernel interface on Linux). Works without torch, so a CPU-only torch on a GPU
+    machine can be told apart from a machine without a GPU."""
+    if which("nvidia-smi"):
+        return True
+    windows = os.path.join(os.environ.get("SystemRoot", r"C:\Windows"), "System32", "nvidia-smi.exe")
+    return exists("/proc/driver/nvidia/version") or (sys.platform == "win32" and exists(windows))
+
+
+def torch_build() -> TorchBuild:
+    version = installed_version(TORCH)
+    cuda_version = None
+    if version is not None:
+        try:
+            import torch
+
+            cuda_version = getattr(torch.version, "cuda", None)
+        except Exception:  # noqa: BLE001 - a broken torch is reported by torch_status users
+            pass
+    return TorchBuild(version=version, cuda_version=cuda_version,
+                      cuda_available=cuda_available() if version is not None else False,
+                      platform=sys.platform, nvidia_gpu=nvidia_gpu_present())
+
+
+def gpu_extras_supported(build: TorchBuild) -> bool:
+    """mamba-ssm / causal-conv1d build and run only on Linux, against a CUDA build of torch
+    that sees a GPU (``torch.version.cuda`` is None for CPU and ROCm builds)."""
+    return (build.platform.startswith("linux") and build.cuda_version is not None
+            and build.cuda_available)
+
+
+def cpu_torch_on_nvidia_machine(build: TorchBuild) -> str | None:
+    """The warning for a CPU-only torch on a computer with an NVIDIA GPU, with the fix; else None."""
+    if build.version is None or build.cuda_version is not None or not build.nvidia_gpu:
+        return None
+    return (f"PyTorch {build.version} is a CPU-only build, but this computer has an NVIDIA GPU, "
+            f"so VMambaX runs on the CPU (much slower). To use the GPU: open the PyTorch Utils "
+            f"module (PyTorch extension), uninstall PyTorch, install it again (it picks the CUDA "
+            f"build for your NVIDIA driver) and restart Slicer. Outside Slicer: pip uninstall "
+            f"torch, then install the CUDA build from https://pytorch.org/get-started/locally/.")
+
+
+def gpu_extras_missing(cuda: bool | None = None, build: TorchBuild | None = None) -> list[Requirement]:
+    """mamba-ssm / causal-conv1d when they could be used here and are not installed; else [].
+
+    ``cuda`` overrides the check (tests, callers that already know); else ``build`` (default:
+    the installed torch) must pass ``gpu_extras_supported``.
+    """
+    if cuda is None:
+        supported = gpu_extras_supported(build or torch_build())
+    else:
+        supported = cuda
+    if not supported:
         return []
     return [r for r in GPU_EXTRAS if not is_satisfied(r)]
 
@@ -181,19 +262,53 @@ def check(feature: str = "all", cuda: bool | None = None) -> DependencyReport:
                             gpu_extras=gpu_extras_missing(cuda) if torch_ok else [])
 
 
-def install_command(requirements, python: str | None = None) -> list[str]:
+def install_command(requirements, python: str | None = None, options=()) -> list[str]:
     """The pip command line (argument list, no shell) installing ``requirements``."""
-    return [python or sys.executable, "-m", "pip", "install",
+    return [python or sys.executable, "-m", "pip", "install", *options,
             *[r.spec if isinstance(r, Requirement) else str(r) for r in requirements]]
 
 
-def is_online(host: str = "pypi.org", port: int = 443, timeout: float = 3.0) -> bool:
-    """Whether the package index answers (a TCP connect, no data sent)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+# mamba-ssm / causal-conv1d compile against the torch already installed: pip's default isolated
+# build environment would fetch another torch to build with (their install instructions say so).
+GPU_EXTRAS_PIP_OPTIONS = ("--no-build-isolation",)
+PROBE_TIMEOUT_S = 10
+
+
+def index_probe_command(requirement: Requirement | str) -> list[str]:
+    """pip arguments asking the configured index for one package, failing fast when it cannot
+    be reached (no index URL of ours: pip.conf, ``PIP_INDEX_URL`` and proxies apply).
+
+    ``-vv`` makes pip print *why* it found nothing ("Could not fetch URL ...: connection error");
+    without it, an unreachable index reads as "No matching distribution found".
+    """
+    name = requirement.name if isinstance(requirement, Requirement) else str(requirement)
+    return ["index", "versions", name, "--timeout", str(PROBE_TIMEOUT_S), "--retries", "0",
+            "--disable-pip-version-check", "-vv"]
+
+
+_PIP_TOO_OLD = ("unknown command", "no such command", "no such option")
+_PIP_REASON = re.compile(r"^(ERROR:|WARNING: Retrying|Could not fetch URL|.*ProxyError|"
+                         r".*SSLError|.*NewConnectionError)", re.I)
+
+
+def pip_error_summary(output: str, max_lines: int = 6) -> str:
+    """The lines of pip's output that say what went wrong (else its last lines)."""
+    lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+    reasons = [line for line in lines if _PIP_REASON.match(line)]
+    return "\n".join((reasons or lines)[-max_lines:])
+
+
+def probe_index(run_pip, requirement: Requirement | str) -> str | None:
+    """Ask pip (``run_pip(args) -> (returncode, output)``) whether the configured index serves
+    ``requirement``: None when it does (or when this pip is too old to have ``pip index``: then
+    the install itself will tell), else pip's error."""
+    # pip's own --timeout bounds each request; the wall-clock cap bounds a stuck pip.
+    code, output = run_pip(index_probe_command(requirement), timeout=6 * PROBE_TIMEOUT_S)
+    if code == 0:
+        return None
+    if any(marker in (output or "").lower() for marker in _PIP_TOO_OLD):
+        return None
+    return pip_error_summary(output) or f"pip exited with status {code}"
 
 
 def require(feature: str = "all") -> None:

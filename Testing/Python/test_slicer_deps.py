@@ -78,9 +78,56 @@ def test_require_names_the_fix(monkeypatch):
         deps.require("segment")
 
 
-def test_is_online_false_for_unreachable_host():
-    # Port 9 (discard) on localhost is closed in CI: connection refused at once.
-    assert deps.is_online("127.0.0.1", 9, timeout=1.0) is False
+def test_index_probe_is_pip_with_a_short_timeout_and_no_index_url_of_ours():
+    calls = []
+
+    def run_pip(args, timeout=None):
+        calls.append((args, timeout))
+        return 0, "numpy (2.0)"
+
+    assert deps.probe_index(run_pip, ABSENT) is None
+    (args, timeout), = calls
+    assert args[:3] == ["index", "versions", ABSENT.name]
+    assert args[args.index("--timeout") + 1] == str(deps.PROBE_TIMEOUT_S)
+    assert args[args.index("--retries") + 1] == "0"
+    assert timeout is not None  # a stuck pip is ended too
+    assert not any("index-url" in a or "pypi.org" in a for a in args)  # pip's configuration rules
+
+
+def test_index_probe_reports_pips_error_and_tolerates_an_old_pip():
+    said = deps.probe_index(lambda args, timeout=None: (1, (
+        "Fetching project page and analyzing links: http://mirror.local/simple/x/\n"
+        "  some detail\n"
+        "Could not fetch URL http://mirror.local/simple/x/: connection error: [Errno 111] "
+        "Connection refused - skipping\nERROR: No matching distribution found for x")), "x")
+    assert said.splitlines() == [
+        "Could not fetch URL http://mirror.local/simple/x/: connection error: [Errno 111] "
+        "Connection refused - skipping", "ERROR: No matching distribution found for x"]
+    # pip before 21.2 has no "pip index": the install itself will tell.
+    assert deps.probe_index(lambda args, timeout=None: (1, 'ERROR: unknown command "index"'),
+                            "x") is None
+
+
+@pytest.fixture
+def unreachable_pip_config(tmp_path, monkeypatch):
+    """pip set up (pip.conf) for an internal mirror that does not answer (closed local port)."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = http://127.0.0.1:9/mirror/simple\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    for name in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(name, raising=False)
+    return conf
+
+
+def test_real_pip_probe_follows_pip_config_and_pip_index_url(unreachable_pip_config, monkeypatch):
+    from VMambaXCommon.install import slicer_pip_runner
+
+    run_pip = slicer_pip_runner()  # the runner Slicer uses (here: this Python's pip)
+    said = deps.probe_index(run_pip, "vmambax-no-such-package")
+    assert said is not None and "127.0.0.1:9/mirror/simple" in said  # pip.conf's index
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/other/simple")
+    said = deps.probe_index(run_pip, "vmambax-no-such-package")
+    assert "127.0.0.1:9/other/simple" in said  # the environment overrides pip.conf, as in pip
 
 
 def test_install_continues_after_a_failure():
@@ -99,21 +146,41 @@ def test_install_continues_after_a_failure():
 
 # -- the Slicer first-use flow, with the dialogs/pip replaced by recorders --------------------
 class Recorder:
-    def __init__(self, answer=True, fail=()):
-        self.answer, self.fail = answer, set(fail)
-        self.questions, self.installed, self.torch_calls = [], [], 0
+    """The user's answers, pip (``run_pip(args)``) and the PyTorch extension, recorded."""
+
+    def __init__(self, answer=True, fail=(), index_error=None):
+        self.answer, self.fail, self.index_error = answer, set(fail), index_error
+        self.questions, self.installed, self.options, self.probes = [], [], [], []
+        self.torch_calls = 0
 
     def confirm(self, text):
         self.questions.append(text)
         return self.answer
 
-    def pip_install(self, spec):
+    def run_pip(self, args, timeout=None):
+        if args[0] == "index":
+            self.probes.append(args[2])
+            return (1, self.index_error) if self.index_error else (0, f"{args[2]} (1.0)")
+        assert args[0] == "install"
+        spec = args[-1]
         if spec.split(">=")[0] in self.fail:
-            raise RuntimeError("pip failed")
+            return 1, ("Collecting x\n  error: subprocess-exited-with-error\n"
+                       "ERROR: Failed building wheel for " + spec.split(">=")[0])
         self.installed.append(spec)
+        self.options.append(args[1:-1])
+        return 0, "Successfully installed"
 
     def install_torch(self):
         self.torch_calls += 1
+
+    def kwargs(self, **extra):
+        extra.setdefault("torch_build", lambda: CPU_MACHINE)
+        return dict(confirm=self.confirm, run_pip=self.run_pip, install_torch=self.install_torch,
+                    **extra)
+
+
+CPU_MACHINE = deps.TorchBuild("2.13.0+cpu", None, False, "linux", nvidia_gpu=False)
+LINUX_CUDA = deps.TorchBuild("2.13.0+cu128", "12.8", True, "linux", nvidia_gpu=True)
 
 
 def _missing_core(monkeypatch, *reqs):
@@ -124,18 +191,14 @@ def _missing_core(monkeypatch, *reqs):
 
 def test_nothing_asked_when_complete():
     rec = Recorder()
-    notes = ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                                install_torch=rec.install_torch, online=lambda: True,
-                                offer_gpu_extras=False)
+    notes = ensure_dependencies("segment", **rec.kwargs(offer_gpu_extras=False))
     assert notes == [] and rec.questions == [] and rec.installed == []
 
 
 def test_missing_package_installed_after_consent(monkeypatch):
     _missing_core(monkeypatch, ABSENT)
     rec = Recorder()
-    notes = ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                                install_torch=rec.install_torch, online=lambda: True,
-                                offer_gpu_extras=False)
+    notes = ensure_dependencies("segment", **rec.kwargs(offer_gpu_extras=False))
     assert len(rec.questions) == 1 and "vmambax-no-such-package>=1.0" in rec.questions[0]
     assert rec.installed == ["vmambax-no-such-package>=1.0"] and rec.torch_calls == 0
     assert "Installed" in notes[0]
@@ -145,28 +208,32 @@ def test_declined_install_is_cancelled(monkeypatch):
     _missing_core(monkeypatch, ABSENT)
     rec = Recorder(answer=False)
     with pytest.raises(Cancelled, match="not installed"):
-        ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                            install_torch=rec.install_torch, online=lambda: True)
+        ensure_dependencies("segment", **rec.kwargs())
     assert rec.installed == []
 
 
-def test_offline_gives_clear_message_without_asking(monkeypatch):
+def test_unreachable_index_gives_pips_error_without_asking(monkeypatch):
     _missing_core(monkeypatch, ABSENT)
-    rec = Recorder()
-    with pytest.raises(DependencyError, match="cannot reach the Python package index") as info:
-        ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                            install_torch=rec.install_torch, online=lambda: False)
-    assert "PythonSlicer -m pip install vmambax-no-such-package>=1.0" in str(info.value)
-    assert rec.questions == []
+    rec = Recorder(index_error=(
+        "Could not fetch URL https://mirror.example/simple/vmambax-no-such-package/: connection "
+        "error: HTTPSConnectionPool: Max retries exceeded (Caused by ProxyError('Unable to "
+        "connect to proxy'))\nERROR: No matching distribution found for vmambax-no-such-package"))
+    with pytest.raises(DependencyError, match="pip cannot get them from the package index") as info:
+        ensure_dependencies("segment", **rec.kwargs())
+    text = str(info.value)
+    assert "ProxyError" in text and "mirror.example" in text  # pip's own words
+    assert "PIP_INDEX_URL" in text and "--no-index --find-links FOLDER" in text
+    assert "PythonSlicer -m pip install vmambax-no-such-package>=1.0" in text
+    assert rec.questions == [] and rec.probes == [ABSENT.name]
 
 
-def test_failed_pip_install_lists_package_and_manual_command(monkeypatch):
+def test_failed_pip_install_lists_package_pips_error_and_manual_command(monkeypatch):
     _missing_core(monkeypatch, ABSENT)
     rec = Recorder(fail={ABSENT.name})
     with pytest.raises(DependencyError, match="could not install") as info:
-        ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                            install_torch=rec.install_torch, online=lambda: True)
+        ensure_dependencies("segment", **rec.kwargs())
     assert "PythonSlicer -m pip install vmambax-no-such-package>=1.0" in str(info.value)
+    assert "ERROR: Failed building wheel for vmambax-no-such-package" in str(info.value)
 
 
 def test_torch_comes_from_the_pytorch_extension(monkeypatch):
@@ -178,26 +245,89 @@ def test_torch_comes_from_the_pytorch_extension(monkeypatch):
         rec.torch_calls += 1
         state["torch"] = True
 
-    ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                        install_torch=install_torch, online=lambda: True, offer_gpu_extras=False)
+    ensure_dependencies("segment", **{**rec.kwargs(offer_gpu_extras=False),
+                                      "install_torch": install_torch})
     assert rec.torch_calls == 1 and rec.installed == []  # never "pip install torch"
     assert "PyTorch torch>=2.1" in rec.questions[0]
 
     state["torch"] = False
     with pytest.raises(DependencyError, match="PyTorch Utils"):
-        ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                            install_torch=lambda: None, online=lambda: True)
+        ensure_dependencies("segment", **{**rec.kwargs(), "install_torch": lambda: None})
 
 
-def test_gpu_extras_optional_and_failure_is_only_a_note(monkeypatch):
-    monkeypatch.setattr(deps, "gpu_extras_missing", lambda cuda=None: list(deps.GPU_EXTRAS))
+@pytest.fixture
+def extras_absent(monkeypatch):
+    monkeypatch.setattr(deps, "is_satisfied", lambda req: req not in deps.GPU_EXTRAS)
+
+
+@pytest.mark.parametrize("build", [
+    CPU_MACHINE,
+    deps.TorchBuild("2.13.0", "12.8", True, "win32", nvidia_gpu=True),  # no Windows wheels
+    deps.TorchBuild("2.13.0", None, False, "darwin", nvidia_gpu=False),
+    deps.TorchBuild("2.13.0+rocm6.2", None, True, "linux", nvidia_gpu=False),  # ROCm: no CUDA
+    deps.TorchBuild("2.13.0+cu128", "12.8", False, "linux", nvidia_gpu=False),  # no GPU seen
+])
+def test_gpu_extras_offered_only_on_linux_with_a_cuda_torch(build, extras_absent):
+    assert not deps.gpu_extras_supported(build) and deps.gpu_extras_missing(build=build) == []
+    rec = Recorder()
+    assert ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: build)) == []
+    assert rec.questions == []
+    assert deps.gpu_extras_supported(LINUX_CUDA)
+    assert deps.gpu_extras_missing(build=LINUX_CUDA) == list(deps.GPU_EXTRAS)
+
+
+def test_gpu_extras_built_without_isolation_and_failure_is_only_a_note(extras_absent):
     rec = Recorder(fail={"mamba-ssm"})
-    notes = ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                                install_torch=rec.install_torch, online=lambda: True)
+    notes = ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: LINUX_CUDA))
     assert "mamba-ssm and causal-conv1d" in rec.questions[0]
-    assert rec.installed == ["causal-conv1d>=1.4"]
-    assert any("mamba-ssm could not be installed (optional" in n for n in notes)
+    assert rec.installed == ["causal-conv1d>=1.4"] and rec.options == [["--no-build-isolation"]]
+    note = next(n for n in notes if "mamba-ssm could not be installed (optional" in n)
+    assert "Failed building wheel" in note and "--no-build-isolation mamba-ssm>=2.2" in note
     # Declining the optional extras is fine too.
     rec = Recorder(answer=False)
-    assert ensure_dependencies("segment", confirm=rec.confirm, pip_install=rec.pip_install,
-                               install_torch=rec.install_torch, online=lambda: True) == []
+    assert ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: LINUX_CUDA)) == []
+
+
+def test_dont_ask_again_is_remembered_in_the_settings(extras_absent):
+    from VMambaXCommon.install import GPU_EXTRAS_SETTING, MemorySettings
+
+    settings, asked = MemorySettings(), []
+
+    def ask(question):
+        asked.append(question)
+        return "never"
+
+    rec = Recorder()
+    kwargs = rec.kwargs(torch_build=lambda: LINUX_CUDA, ask_gpu_extras=ask, settings=settings)
+    assert ensure_dependencies("segment", **kwargs) == []
+    assert len(asked) == 1 and settings.get(GPU_EXTRAS_SETTING) == "never"
+    assert ensure_dependencies("segment", **kwargs) == []  # the next session: not asked
+    assert len(asked) == 1 and rec.installed == []
+    # "Not now" asks again next time; "Install" installs.
+    answers = iter(["later", "install"])
+    kwargs.update(settings=MemorySettings(), ask_gpu_extras=lambda q: next(answers))
+    ensure_dependencies("segment", **kwargs)
+    assert rec.installed == []
+    ensure_dependencies("segment", **kwargs)
+    assert rec.installed == ["mamba-ssm>=2.2", "causal-conv1d>=1.4"]
+
+
+def test_cpu_torch_on_an_nvidia_machine_is_pointed_out_with_the_fix():
+    cpu_on_gpu = deps.TorchBuild("2.13.0+cpu", None, False, "linux", nvidia_gpu=True)
+    rec = Recorder()
+    notes = ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: cpu_on_gpu))
+    assert len(notes) == 1 and "CPU-only build" in notes[0] and "NVIDIA GPU" in notes[0]
+    assert "PyTorch Utils" in notes[0] and "uninstall PyTorch, install it again" in notes[0]
+    assert deps.cpu_torch_on_nvidia_machine(CPU_MACHINE) is None
+    assert deps.cpu_torch_on_nvidia_machine(LINUX_CUDA) is None
+
+
+def test_nvidia_driver_detected_without_torch():
+    assert deps.nvidia_gpu_present(which=lambda name: "/usr/bin/nvidia-smi", exists=lambda p: False)
+    assert deps.nvidia_gpu_present(which=lambda name: None,
+                                   exists=lambda p: p == "/proc/driver/nvidia/version")
+    assert not deps.nvidia_gpu_present(which=lambda name: None, exists=lambda p: False)
+    build = deps.torch_build()  # this machine: a CPU torch
+    import torch
+
+    assert build.version and build.cuda_version == torch.version.cuda

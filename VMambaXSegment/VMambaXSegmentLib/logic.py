@@ -24,7 +24,7 @@ from vmambax.data.case import check_not_swapped, inspect_pair
 from vmambax.data.patient import check_same_patient
 from vmambax.errors import ConfigError, InputError
 
-from VMambaXCommon.devices import available_devices
+from VMambaXCommon.devices import available_devices, device_choices
 from VMambaXCommon.dicom_tags import identity_tags_from_node
 from VMambaXSegmentLib import scene_output
 from VMambaXCommon.mrml_sitk import volume_node_to_image
@@ -109,9 +109,28 @@ class VMambaXSegmentLogic:
         return [(m.name, m.description or m.config) for m in list_models()]
 
     @staticmethod
+    def userModelNames() -> set[str]:
+        """Models the user registered (VMambaX Train, ``vmambax models add``): removable."""
+        from vmambax.infer.registry import user_models
+
+        return {m.name for m in user_models()}
+
+    @staticmethod
+    def removeUserModel(name: str) -> None:
+        """Forget a registered user model (its file stays); shipped models cannot be removed."""
+        from vmambax.infer.registry import remove_user_model
+
+        remove_user_model(name)
+
+    @staticmethod
     def availableDevices() -> list[str]:
-        """``auto`` and ``cpu``, plus ``cuda`` only where PyTorch sees a GPU."""
+        """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` only where PyTorch sees that GPU."""
         return available_devices()
+
+    @staticmethod
+    def deviceChoices() -> list[tuple[str, str]]:
+        """``(key, label)`` of the devices offered, e.g. ``("cuda", "NVIDIA GPU (CUDA)")``."""
+        return device_choices()
 
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",

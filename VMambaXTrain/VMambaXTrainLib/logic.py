@@ -22,14 +22,16 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 from vmambax.data.rtstruct import TUMOUR_WORDS as TUMOUR_SEGMENT_WORDS  # one list: ROIs, segments
 from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
+
+from VMambaXCommon.processes import launch, python_executable, terminate_tree
+from VMambaXTrainLib.run_lock import RunLock
 
 TERMINAL_EVENTS = ("done", "stopped", "error")
 
@@ -78,27 +80,27 @@ def _safe_case_id(name: str, taken: set[str]) -> str:
 
 
 def pythonExecutable() -> str:
-    """The Python that runs ``vmambax train``: PythonSlicer inside Slicer, else this Python.
+    """The Python that runs ``vmambax train`` (PythonSlicer inside Slicer, else this Python)."""
+    return python_executable()
 
-    Inside Slicer ``sys.executable`` is the application itself on some platforms, which would
-    open a second Slicer instead of running the trainer.
-    """
-    try:
-        import slicer
 
-        app_dir = slicer.app.applicationDirPath  # only in a full Slicer
-    except AttributeError:
-        return sys.executable
-    found = shutil.which("PythonSlicer", path=os.pathsep.join(
-        [app_dir, os.path.join(app_dir, "..", "bin"), os.environ.get("PATH", "")]))
-    return found or sys.executable
+def defaultConfig(cuda: bool | None = None) -> str:
+    """The network a new run starts with: the paper's on a CUDA GPU, the nano one elsewhere
+    (the full network takes days per epoch on a CPU)."""
+    if cuda is None:
+        from vmambax.deps import cuda_available
+
+        cuda = cuda_available()
+    return "vmambax" if cuda else "vmambax-nano"
 
 
 class TrainingRun:
     """A running (or finished) ``vmambax train`` process and its progress stream."""
 
-    def __init__(self, process: subprocess.Popen, runDir: Path, logFile, offset: int = 0):
+    def __init__(self, process: subprocess.Popen, runDir: Path, logFile, offset: int = 0,
+                 lock: RunLock | None = None):
         self.process = process
+        self.lock = lock  # released once the process has exited
         self.runDir = Path(runDir)
         self.progressPath = self.runDir / "progress.jsonl"
         self.stopPath = self.runDir / "STOP"
@@ -108,6 +110,8 @@ class TrainingRun:
         self._partial = b""
         self.events: list[dict] = []
         self.finalEvent: dict | None = None
+        self.stopRequestedAt: float | None = None
+        self.cancelled = False  # ended by cancel() (the exit status then says nothing)
 
     def poll(self) -> list[dict]:
         """Events appended to progress.jsonl since the last call (only complete lines)."""
@@ -136,9 +140,12 @@ class TrainingRun:
 
     def isRunning(self) -> bool:
         running = self.process.poll() is None
-        if not running and self._logFile is not None:
-            self._logFile.close()
-            self._logFile = None
+        if not running:
+            if self._logFile is not None:
+                self._logFile.close()
+                self._logFile = None
+            if self.lock is not None:
+                self.lock.release()
         return running
 
     @property
@@ -151,15 +158,28 @@ class TrainingRun:
         return code
 
     def stop(self) -> None:
-        """Ask the trainer to stop after the current step (it checkpoints, then exits)."""
+        """Ask the trainer to stop after the current step (it checkpoints, then exits);
+        ``stopOverdue`` says when to give up waiting and ``cancel``."""
         if self.process.poll() is None:
             self.stopPath.touch()
+            if self.stopRequestedAt is None:
+                self.stopRequestedAt = time.monotonic()
 
-    def kill(self) -> None:
-        """Last resort when a stop request is ignored (the last checkpoint stays usable)."""
+    def stopOverdue(self, grace_s: float = 300.0) -> bool:
+        """A stop was requested more than ``grace_s`` seconds ago and the trainer still runs."""
+        return (self.stopRequestedAt is not None and self.process.poll() is None
+                and time.monotonic() - self.stopRequestedAt > grace_s)
+
+    def cancel(self, timeout: float = 10.0) -> None:
+        """End the trainer now, with every process it started (PythonSlicer's real Python,
+        data-loader workers): terminate, then kill what is left after ``timeout`` seconds.
+        The last saved checkpoint stays usable (Resume)."""
         if self.process.poll() is None:
-            self.process.kill()
+            self.cancelled = True
+            terminate_tree(self.process.pid, timeout=timeout)
         self.wait()
+
+    kill = cancel  # the old name
 
     @property
     def modelFile(self) -> Path:
@@ -262,7 +282,7 @@ class VMambaXTrainLogic:
             command += ["--data", str(dataDir), "--config", config]
             if epochs:
                 command += ["--epochs", str(int(epochs))]
-        if device and device != "auto":
+        if device and device != "auto":  # cuda -> gpu; cpu and mps as they are
             command += ["--accelerator", "gpu" if device.startswith("cuda") else device]
         return command + [str(a) for a in extraArgs]
 
@@ -283,6 +303,15 @@ class VMambaXTrainLogic:
                 raise ConfigError(f"run folder {run_dir} already holds a training run; press "
                                   f"Resume to continue it, or choose an empty run folder")
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir)
+        lock.acquire()  # refuses a second trainer on this folder while the first is alive
+        try:
+            return self._launch(lock, dataDir, run_dir, config, epochs, device, resume, extraArgs)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _launch(self, lock, dataDir, run_dir, config, epochs, device, resume, extraArgs):
         (run_dir / "STOP").unlink(missing_ok=True)  # an old stop request would end it at once
         command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs)
         env = dict(os.environ)
@@ -297,9 +326,11 @@ class VMambaXTrainLogic:
         log = open(run_dir / "train.log", "ab")
         run = None
         try:
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, env=env, cwd=str(run_dir))
-            run = TrainingRun(process, run_dir, log, offset)
+            # No console window on Windows (as slicer.util.launchConsoleProcess); output to the
+            # log file, which outlives Slicer, rather than a pipe into Slicer.
+            process = launch(command, stdout=log, env=env, cwd=str(run_dir))
+            lock.update(process.pid)
+            run = TrainingRun(process, run_dir, log, offset, lock=lock)
         finally:
             if run is None:
                 log.close()

@@ -68,7 +68,7 @@ def register(subparsers) -> None:
                    "the data has no val.txt (default 0.1)")
     r.add_argument("--pretrained-encoder", metavar="PTH", help="VMamba-T ImageNet checkpoint for the encoder")
     h = p.add_argument_group("hardware and scale-out")
-    h.add_argument("--accelerator", choices=("auto", "cpu", "gpu", "cuda"), help="default auto")
+    h.add_argument("--accelerator", choices=("auto", "cpu", "gpu", "cuda", "mps"), help="default auto")
     h.add_argument("--devices", type=_devices, help="'auto', a count or a list like 0,1 (DDP when > 1)")
     h.add_argument("--nodes", type=int, help="number of nodes (torchrun/SLURM)")
     h.add_argument("--strategy", help="Lightning strategy (default: ddp when more than one process)")

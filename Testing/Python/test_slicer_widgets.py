@@ -1,0 +1,248 @@
+"""The two module widgets, run on fake Qt widgets built from their .ui files, over a real MRML scene
+and the real Lib logic (slicer-core): issue 11 points 6-9, 12 and 19 as a user meets them.
+
+What needs a real Slicer (painting, real Qt signal order, dialogs) is not covered here; see
+``slicer_fakes`` for what the fakes do.
+"""
+
+import sys
+import textwrap
+import time
+import types
+
+import psutil
+import pytest
+
+import slicer_fakes
+from VMambaXCommon import busy, install
+from VMambaXCommon.devices import device_choices
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+@pytest.fixture
+def gui(monkeypatch, tmp_path):
+    monkeypatch.setenv("VMAMBAX_HOME", str(tmp_path / "home"))  # an empty user model registry
+    env = slicer_fakes.install(monkeypatch)
+    monkeypatch.setattr(busy, "SHARED", busy.BusyGuard())  # this test's Slicer session
+    env.segment = slicer_fakes.import_module_file(monkeypatch, "VMambaXSegment")
+    env.train = slicer_fakes.import_module_file(monkeypatch, "VMambaXTrain")
+    env.widgets = []
+    yield env
+    for widget in env.widgets:  # as Slicer does on exit: stop timers, drop scene observers
+        widget.cleanup()
+    env.scene.Clear(1)
+
+
+def _widget(env, module, name):
+    widget = getattr(module, name)()
+    widget.setup()
+    widget.enter()
+    env.widgets.append(widget)
+    return widget
+
+
+class FakeTask:
+    """A segmentation on the worker thread, finished when the test says so."""
+
+    def __init__(self, output):
+        self.output, self.done, self.cancelled = output, False, False
+
+    def snapshot(self):
+        return (1.0 if self.done else 0.5), "Segmenting"
+
+    def cancel(self):
+        self.cancelled = True
+
+    def apply(self):
+        return self.output
+
+
+def _segment_panel(gui, monkeypatch, clicks_while_installing=()):
+    """VMambaX Segment on a phantom, with the user's device "CPU"; the first run installs a
+    CUDA torch (the device list grows), running ``clicks_while_installing`` in the event loop."""
+    from VMambaXCommon.testing import add_phantom_case
+
+    ct, pet, _phantom, _seg = add_phantom_case(gui.scene, seed=2, size=64, n_slices=4)
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    p = segment._parameterNode
+    assert p.ctVolume is ct and p.petVolume is pet
+    combo = segment.ui.deviceComboBox
+    assert combo.labels()[:2] == ["Automatic (GPU if available)", "CPU"]  # words, not keys
+    combo.setCurrentIndex(combo.findData("cpu"))  # the user's choice
+    assert p.device == "cpu"
+    record = types.SimpleNamespace(installs=[], install_kwargs=[], runs=[], enabled=[])
+
+    def ensure(feature, **kwargs):  # pip runs; Slicer keeps processing events meanwhile
+        record.installs.append(feature)
+        record.install_kwargs.append(kwargs)
+        record.enabled.append(segment.ui.segmentButton.enabled)
+        if len(record.installs) == 1:
+            gui.app.during_events += list(clicks_while_installing)
+        gui.app.processEvents()
+        return ["Installed: torch>=2.1"]
+
+    seg_node = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT vMambaX")
+    output = types.SimpleNamespace(segmentationNode=seg_node, statusText=lambda: "1 lesion(s).",
+                                   tableNode=gui.scene.AddNewNodeByClass("vtkMRMLTableNode"),
+                                   petConversion="PET used as SUV (as selected)",
+                                   warnings=["The PET covers only 80% of the CT"])
+    record.task = FakeTask(output)
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer", ensure)
+    monkeypatch.setattr(segment.logic, "deviceChoices", lambda: device_choices(cuda=True, mps=False))
+    monkeypatch.setattr(segment.logic, "segmentAsync",
+                        lambda *a, **k: record.runs.append(k) or record.task)
+    return segment, pet, record
+
+
+def test_segment_keeps_the_users_device_through_the_first_install(gui, monkeypatch):
+    segment, pet, record = _segment_panel(gui, monkeypatch)
+    combo = segment.ui.deviceComboBox
+    segment.ui.segmentButton.click()
+    assert record.installs == ["segment"] and len(record.runs) == 1
+    assert record.runs[0]["device"] == "cpu"  # point 7: the choice survived the rebuilt list
+    assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cpu"
+    assert segment._parameterNode.device == "cpu"
+    assert gui.dialogs.infos == ["Installed: torch>=2.1"] and gui.dialogs.errors == []
+    # The GPU-extras question can say "Don't ask again" (QSettings-backed).
+    assert record.install_kwargs[0].get("settings") is not None
+    assert record.install_kwargs[0].get("ask_gpu_extras") is not None
+    record.task.done = True
+    segment._onTimer()
+    # Point 19: the PET over the CT, in PET-Heat colours.
+    assert gui.scene.GetNodeByID(pet.GetDisplayNode().GetColorNodeID()).GetName() == "PET-Heat"
+    assert gui.dialogs.errors == []
+
+
+def test_no_nested_install_segmentation_or_training_while_one_runs(gui, monkeypatch):
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    trainings = []
+    monkeypatch.setattr(train.logic, "startTraining", lambda *a, **k: trainings.append(k))
+    segment, _pet, record = None, None, None
+    clicks = [lambda: segment.ui.segmentButton.click(), lambda: segment.onSegmentButton(),
+              lambda: train.onStart(resume=False)]
+    segment, _pet, record = _segment_panel(gui, monkeypatch, clicks_while_installing=clicks)
+    segment.ui.segmentButton.click()
+    assert record.installs == ["segment"], "a click during the install started another install"
+    assert len(record.runs) == 1 and trainings == []
+    assert record.enabled == [False]  # Segment was disabled while pip ran
+
+    # While the network runs: Segment is disabled, Start in VMambaX Train too, and refused.
+    assert busy.SHARED.busy and not segment.ui.segmentButton.enabled
+    assert segment.ui.cancelButton.enabled and not train.ui.startButton.enabled
+    segment.onSegmentButton()
+    train.onStart(resume=False)
+    assert len(record.runs) == 1 and trainings == [] and record.installs == ["segment"]
+    record.task.done = True
+    segment._onTimer()
+    assert not busy.SHARED.busy and segment.ui.segmentButton.enabled
+    assert gui.dialogs.errors == []
+
+
+def test_segment_lists_models_registered_meanwhile_and_removes_them(gui, tmp_path):
+    from vmambax.infer.registry import add_user_model, user_models
+    from vmambax.model import build_model
+    from vmambax.model.checkpoint import save_model_file
+
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    combo, remove = segment.ui.modelComboBox, segment.ui.removeModelButton
+    assert "my-run" not in combo.data() and not remove.enabled
+    path = tmp_path / "mine.pt"
+    save_model_file(path, build_model("vmambax-nano").eval(), config_name="vmambax-nano",
+                    preprocessing={"image_size": 128}, metadata={})
+    add_user_model("my-run", path, description="trained in 3D Slicer")  # VMambaX Train did this
+    segment.exit()
+    segment.enter()  # the user comes back to VMambaX Segment
+    assert combo.data()[-1] == "my-run"
+    combo.setCurrentIndex(combo.findData("my-run"))
+    p = segment._parameterNode
+    assert p.model == "my-run" and remove.enabled
+    gui.dialogs.answer = False  # "Cancel" in the confirmation
+    remove.click()
+    assert [m.name for m in user_models()] == ["my-run"] and len(gui.dialogs.confirms) == 1
+    gui.dialogs.answer = True
+    remove.click()
+    assert user_models() == [] and "my-run" not in combo.data() and path.is_file()
+    assert p.model == "default" and combo.currentData == "default" and not remove.enabled
+
+
+LAUNCHER = textwrap.dedent("""
+    import subprocess, sys, time
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    open(sys.argv[1], "w").write(str(child.pid))
+    time.sleep(120)
+""")
+
+
+def test_train_panel_parameters_and_cancel_ending_the_process_tree(gui, monkeypatch, tmp_path):
+    from VMambaXTrainLib.logic import VMambaXTrainLogic, defaultConfig
+
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    p = train._parameterNode
+    # Point 9: the network defaults to nano without CUDA; devices are words; GUI <-> node.
+    assert p.config == defaultConfig() and train.ui.configComboBox.currentData == p.config
+    assert train.ui.trainDeviceComboBox.labels()[:2] == ["Automatic (GPU if available)", "CPU"]
+    train.ui.epochsSpinBox.value = 7
+    assert p.epochs == 7
+    p.epochs = 9
+    assert train.ui.epochsSpinBox.value == 9
+    train.ui.modelNameLineEdit.text = "lung-run"
+    assert p.modelName == "lung-run"
+    device = train.ui.trainDeviceComboBox
+    device.setCurrentIndex(device.findData("cpu"))
+    assert p.device == "cpu"
+    train.exit()  # the GUI lets go of the node
+    train.ui.epochsSpinBox.value = 3
+    assert p.epochs == 9
+    train.enter()
+    assert train.ui.epochsSpinBox.value == 9 and device.currentData == "cpu"
+
+    # A folder of cases, a run folder; the trainer is a launcher with a child (as PythonSlicer).
+    (tmp_path / "data").mkdir()
+    train.ui.sceneCasesRadioButton.checked = False
+    train.ui.folderCasesRadioButton.checked = True
+    train.ui.sceneCasesRadioButton.emit("toggled", False)
+    train.ui.dataFolderPathLineEdit.currentPath = str(tmp_path / "data")
+    train.ui.runFolderPathLineEdit.currentPath = str(tmp_path / "run")
+    assert p.dataFolder == str(tmp_path / "data") and p.runFolder == str(tmp_path / "run")
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER)
+    commands = []
+
+    def command(*args, **kwargs):
+        commands.append(kwargs or args)
+        return [sys.executable, str(script), str(tmp_path / "child.pid")]
+
+    monkeypatch.setattr(VMambaXTrainLogic, "trainCommand", staticmethod(command))
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer", lambda feature, **k: [])
+    assert train.ui.startButton.enabled
+    train.ui.startButton.click()
+    assert gui.dialogs.errors == []
+    run = train._run
+    assert run is not None and run.isRunning()
+    assert not train.ui.startButton.enabled and train.ui.cancelTrainingButton.enabled
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child.pid").exists() or not (tmp_path / "child.pid").read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int((tmp_path / "child.pid").read_text())
+    args = commands[0]
+    assert "vmambax-nano" in args or p.config in args  # the panel's choices reach the trainer
+    train.ui.cancelTrainingButton.click()  # confirmed (the fake dialog answers OK)
+    assert run.cancelled and not run.isRunning() and train._run is None
+    for pid in (run.process.pid, child):
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "Cancelled" in train.ui.statusLabel.text
+    assert train.ui.startButton.enabled and not train.ui.cancelTrainingButton.enabled
+
+
+def test_reload_reloads_the_lib_and_the_shared_glue_first(gui, monkeypatch):
+    import VMambaXCommon.reloading as reloading
+
+    reloaded = []
+    monkeypatch.setattr(reloading, "reload_packages", lambda *names: reloaded.append(names))
+    for module, name, lib in ((gui.segment, "VMambaXSegmentWidget", "VMambaXSegmentLib"),
+                              (gui.train, "VMambaXTrainWidget", "VMambaXTrainLib")):
+        widget = _widget(gui, module, name)
+        widget.onReload()
+        assert reloaded[-1] == ("VMambaXCommon", lib) and widget.reloaded
