@@ -42,7 +42,7 @@ class VMambaXSegment(ScriptedLoadableModule):
         self.parent.title = "VMambaX Segment"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["VMambaX developers"]
+        self.parent.contributors = ["VMambaX developers (SlicerVMambaX project)"]
         self.parent.helpText = (
             "Segments lung tumours on a co-registered PET/CT pair with the vMambaX network "
             "(dual-branch Visual Mamba with context-gated cross-modal fusion) and measures each "
