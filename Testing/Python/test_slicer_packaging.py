@@ -5,10 +5,10 @@ The catalog schema is read from ../shared/reference/slicer/ (Slicer's own file, 
 the test skips, naming that folder, where it is absent.
 """
 
+import ast
 import json
 import re
 import sys
-import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +27,14 @@ CATALOG_SCHEMA = SCHEMA_DIR / "slicer-extension-catalog-entry-schema-v1.0.2.json
 def _cmake_var(name: str) -> str:
     match = re.search(rf'set\({name} "([^"]*)"\)', (ROOT / "CMakeLists.txt").read_text("utf-8"))
     assert match, f"CMakeLists.txt does not set {name}"
+    return match.group(1)
+
+
+def _pyproject(key: str) -> str:
+    """A top-level string of [project] in pyproject.toml (no tomllib: it is Python 3.11+)."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8").split("\n[", 2)[1]
+    match = re.search(rf'^{re.escape(key)} = "([^"]*)"$', text, re.M)
+    assert match, f"pyproject.toml [project] has no {key}"
     return match.group(1)
 
 
@@ -61,7 +69,7 @@ def test_catalog_entry_has_no_dicom_support_rule():
 
 def test_license_file_is_the_full_apache_2_text_and_named_in_readme():
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
-    assert tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]["license"] == "Apache-2.0"
+    assert _pyproject("license") == "Apache-2.0"
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     # All nine sections and the end marker: the whole licence, not a summary.
     for section in ("1. Definitions.", "2. Grant of Copyright License.", "3. Grant of Patent License.",
@@ -110,8 +118,7 @@ def test_screenshot_urls_are_renderings_not_drawings():
 def test_supported_versions_agree_everywhere():
     py = ".".join(map(str, deps.MINIMUM_PYTHON))
     slicer = deps.MINIMUM_SLICER
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
-    assert pyproject["requires-python"] == f">={py}"
+    assert _pyproject("requires-python") == f">={py}"
     cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert _cmake_var("VMAMBAX_MINIMUM_SLICER_VERSION") == slicer
     assert "find_package(Slicer ${VMAMBAX_MINIMUM_SLICER_VERSION} REQUIRED)" in cmake
@@ -125,6 +132,15 @@ def test_supported_versions_agree_everywhere():
     assert deps.SLICER_PYTHON[slicer] >= deps.MINIMUM_PYTHON
     assert all(python < deps.MINIMUM_PYTHON for version, python in deps.SLICER_PYTHON.items()
                if tuple(map(int, version.split("."))) < tuple(map(int, slicer.split("."))))
+
+
+def test_code_parses_with_the_oldest_supported_python_grammar():
+    """No syntax newer than MINIMUM_PYTHON (checked with that grammar; stdlib use is not)."""
+    files = [p for p in ROOT.rglob("*.py") if ".venv" not in p.parts and "build" not in p.parts]
+    assert len(files) > 50
+    for path in files:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path),
+                  feature_version=deps.MINIMUM_PYTHON)
 
 
 def test_dependency_check_refuses_an_old_python_and_names_the_slicer_version(monkeypatch):
