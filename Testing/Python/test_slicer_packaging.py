@@ -72,10 +72,12 @@ def test_license_file_is_the_full_apache_2_text_and_named_in_readme():
     assert _pyproject("license") == "Apache-2.0"
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     # All nine sections and the end marker: the whole licence, not a summary.
-    for section in ("1. Definitions.", "2. Grant of Copyright License.", "3. Grant of Patent License.",
-                    "4. Redistribution.", "5. Submission of Contributions.", "6. Trademarks.",
+    for section in ("1. Definitions.", "2. Grant of Copyright License.",
+                    "3. Grant of Patent License.", "4. Redistribution.",
+                    "5. Submission of Contributions.", "6. Trademarks.",
                     "7. Disclaimer of Warranty.", "8. Limitation of Liability.",
-                    "9. Accepting Warranty or Additional Liability.", "END OF TERMS AND CONDITIONS"):
+                    "9. Accepting Warranty or Additional Liability.",
+                    "END OF TERMS AND CONDITIONS"):
         assert section in text, section
     assert len(text.split()) > 1500
     assert "[LICENSE](LICENSE)" in _readme() and "Apache-2.0" in _readme()
@@ -100,7 +102,8 @@ def test_screenshot_urls_are_renderings_not_drawings():
     assert len(urls) >= 2
     render_script = (ROOT / "docs" / "images" / "render_screenshots.py").read_text("utf-8")
     for url in urls:
-        path = re.fullmatch(r"https://raw\.githubusercontent\.com/vmambax/SlicerVMambaX/main/(.+\.png)", url)
+        path = re.fullmatch(
+            r"https://raw\.githubusercontent\.com/vmambax/SlicerVMambaX/main/(.+\.png)", url)
         assert path, url
         name = Path(path.group(1)).name
         # Drawings of the .ui files are never screenshots.

@@ -52,7 +52,8 @@ def test_sample_adds_a_ct_in_hu_and_a_pet_in_suv_on_their_own_grids(sample_scene
     ct_image, pet_image = volume_node_to_image(ct), volume_node_to_image(pet)
     _same_grid(ct_image, phantom.ct)
     _same_grid(pet_image, phantom.pet_suv)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct_image), sitk.GetArrayFromImage(phantom.ct))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ct_image),
+                                  sitk.GetArrayFromImage(phantom.ct))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(pet_image),
                                   sitk.GetArrayFromImage(phantom.pet_suv))
     hu = sitk.GetArrayViewFromImage(ct_image)
@@ -83,7 +84,8 @@ def test_names_modalities_and_display_let_a_new_user_press_segment(sample_scene)
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     modality = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
     ct_item, pet_item = sh.GetItemByDataNode(ct), sh.GetItemByDataNode(pet)
-    assert (sh.GetItemAttribute(ct_item, modality), sh.GetItemAttribute(pet_item, modality)) == ("CT", "PT")
+    assert sh.GetItemAttribute(ct_item, modality) == "CT"
+    assert sh.GetItemAttribute(pet_item, modality) == "PT"
     study = sh.GetItemParent(ct_item)
     assert study == sh.GetItemParent(pet_item) and sh.GetItemLevel(study) == "Study"
     assert "synthetic" in sh.GetItemName(sh.GetItemParent(study))
@@ -128,7 +130,8 @@ def _calls(node) -> list[str]:
 
 def test_module_registers_the_sample_after_startup():
     tree = ast.parse((ROOT / "VMambaXSegment" / "VMambaXSegment.py").read_text(encoding="utf-8"))
-    module_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VMambaXSegment")
+    module_class = next(n for n in tree.body
+                        if isinstance(n, ast.ClassDef) and n.name == "VMambaXSegment")
     init = _function(module_class, "__init__")
     connects = [c for c in ast.walk(init) if isinstance(c, ast.Call)
                 and ast.unparse(c.func) == "slicer.app.connect"]

@@ -154,13 +154,15 @@ class ThreeDView:
         self.managers.SetMRMLDisplayableNode(self.node)
 
     def look_at(self, centre_ras, distance_mm: float) -> None:
-        self.node.SetOrientationMarkerType(slicer.vtkMRMLAbstractViewNode.OrientationMarkerTypeAxes)
-        self.node.SetOrientationMarkerSize(slicer.vtkMRMLAbstractViewNode.OrientationMarkerSizeSmall)
+        view_node = slicer.vtkMRMLAbstractViewNode
+        self.node.SetOrientationMarkerType(view_node.OrientationMarkerTypeAxes)
+        self.node.SetOrientationMarkerSize(view_node.OrientationMarkerSizeSmall)
         camera = self.renderer.GetActiveCamera()
         camera.SetFocalPoint(*centre_ras)
         # From the patient's front, left and above, onto the axial slice and the tumours.
         direction = np.array([-0.35, 0.75, 0.55])
-        camera.SetPosition(*(np.asarray(centre_ras) + distance_mm * direction / np.linalg.norm(direction)))
+        direction *= distance_mm / np.linalg.norm(direction)
+        camera.SetPosition(*(np.asarray(centre_ras) + direction))
         camera.SetViewUp(0.0, 0.0, 1.0)
         self.renderer.ResetCameraClippingRange()
 
@@ -236,8 +238,8 @@ def render(quick: bool = False, out_dir: Path | None = None) -> list[Path]:
     views = {name: SliceView(app_logic, scene, name, width, height)
              for name in ("Red", "Yellow", "Green")}
     big = SliceView(app_logic, scene, "Axial", 900, 700)  # a larger axial view of its own
-    for view in views.values():
-        view.show(ct, pet, opacity=0.45, centre_ras=centre, zoom=1.3 if view is views["Red"] else 1.1)
+    for name, view in views.items():
+        view.show(ct, pet, opacity=0.45, centre_ras=centre, zoom=1.3 if name == "Red" else 1.1)
     big.show(ct, pet, opacity=0.45, centre_ras=centre, zoom=1.35)
     _show_pet_colour_legend(colours, pet, [views["Red"].node, big.node])
     # The axial slice in 3D under the tumour surfaces, as the Red view's "eye" button shows it.
