@@ -7,7 +7,10 @@ Sample Data module's Qt panel) only runs inside Slicer.
 """
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -143,3 +146,16 @@ def test_module_registers_the_sample_after_startup():
     assert "loadPhantomSample" in ast.unparse(register)
     loader = _function(tree, "loadPhantomSample")
     assert "add_phantom_sample" in _calls(loader) and "slicer.mrmlScene" in ast.unparse(loader)
+
+
+def test_sample_needs_none_of_the_packages_installed_on_first_use():
+    """The button works in a fresh Slicer (numpy, scipy, SimpleITK ship with it): it imports
+    neither torch nor the other packages that VMambaX installs on first Segment Tumor."""
+    code = ("import sys; from VMambaXCommon.sample_data import add_phantom_sample; import slicer; "
+            "add_phantom_sample(slicer.vtkMRMLScene(), size=64, n_slices=4); "
+            "print(sorted(m for m in ('torch', 'pydicom', 'highdicom', 'PIL', 'matplotlib', "
+            "'pytorch_lightning', 'requests', 'tqdm') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
