@@ -54,7 +54,7 @@ class VMambaXSegment(ScriptedLoadableModule):
         self.parent.title = _("VMambaX Segment")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VMambaX developers"]
+        self.parent.contributors = ["VMambaX developers (SlicerVMambaX project)"]
         self.parent.helpText = _(
             "Segments lung tumours on a co-registered PET/CT pair with the vMambaX network "
             "(dual-branch Visual Mamba with context-gated cross-modal fusion) and measures each "
@@ -65,6 +65,32 @@ class VMambaXSegment(ScriptedLoadableModule):
         self.parent.acknowledgementText = _(
             "vMambaX: arXiv 2510.27508. CIPA (CVPR 2025) and the PCLT20K data set. This "
             "re-implementation is independent of the authors' code.")
+        # Sample Data lists the synthetic PET/CT phantom once Slicer has started (issue 11.18).
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add "VMambaXPETCTPhantom" to the Sample Data module: generated here, never downloaded."""
+    import SampleData
+
+    from VMambaXCommon.sample_data import SAMPLE_NAME, sample_source_arguments
+
+    icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons",
+                        f"{SAMPLE_NAME}.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        **sample_source_arguments(loadPhantomSample, icon))
+
+
+def loadPhantomSample(source=None):
+    """The Sample Data button: build the phantom, add CT + PET (SUV), show them fused."""
+    from VMambaXCommon.sample_data import add_phantom_sample
+
+    with slicer.util.tryWithErrorDisplay("Could not create the VMambaX phantom.", waitCursor=True):
+        slicer.util.showStatusMessage("Generating the synthetic VMambaX PET/CT phantom…", 3000)
+        ct, pet = add_phantom_sample(slicer.mrmlScene)
+        slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4,
+                                         fit=True)
+        return [ct, pet]
 
 
 #

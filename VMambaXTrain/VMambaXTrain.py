@@ -61,7 +61,7 @@ class VMambaXTrain(ScriptedLoadableModule):
         self.parent.title = _("VMambaX Train")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["VMambaX developers"]
+        self.parent.contributors = ["VMambaX developers (SlicerVMambaX project)"]
         self.parent.helpText = _(
             "Trains the vMambaX PET/CT tumour segmentation network on your own annotated cases "
             "(CT, PET and a tumour segmentation in the scene, or a folder of cases). Training "

@@ -45,6 +45,26 @@ class Requirement:
 
 TORCH = Requirement("torch", "torch", "2.1", "runs the vMambaX network")
 
+# Supported versions, stated once in the README ("Installing") and kept equal to pyproject's
+# requires-python and CMakeLists' VMAMBAX_MINIMUM_SLICER_VERSION (a test checks all four).
+# Slicer ships its own Python (Slicer_REQUIRED_PYTHON_VERSION in Slicer's CMakeLists.txt):
+# 3.9.10 up to 5.8, 3.12.10 from 5.10 on, so 5.10 is the first release VMambaX runs in.
+MINIMUM_PYTHON = (3, 10)
+MINIMUM_SLICER = "5.10"
+SLICER_PYTHON = {"5.6": (3, 9), "5.8": (3, 9), "5.10": (3, 12), "5.12": (3, 12)}
+
+
+def require_supported_python(version_info=None) -> None:
+    """Raise DependencyError on a Python older than MINIMUM_PYTHON (e.g. inside Slicer 5.8)."""
+    version = tuple(version_info if version_info is not None else sys.version_info)[:3]
+    if version[:2] < MINIMUM_PYTHON:
+        needed = ".".join(map(str, MINIMUM_PYTHON))
+        raise DependencyError(
+            f"VMambaX needs Python {needed} or later; this is Python "
+            f"{'.'.join(map(str, version))}. In 3D Slicer that means Slicer {MINIMUM_SLICER} or "
+            f"later (Slicer 5.6 and 5.8 ship Python 3.9): install a newer Slicer from "
+            f"download.slicer.org and VMambaX from its Extensions Manager")
+
 # Keep in sync with [project] dependencies in pyproject.toml (a test checks it).
 CORE = (
     Requirement("numpy", "numpy", "1.24", "arrays"),
@@ -255,6 +275,7 @@ class DependencyReport:
 
 def check(feature: str = "all", cuda: bool | None = None) -> DependencyReport:
     """Check torch and the packages ``feature`` needs (plus the CUDA-only extras when on CUDA)."""
+    require_supported_python(sys.version_info)
     torch_ok, torch_version = torch_status()
     cuda = cuda_available() if cuda is None else cuda
     return DependencyReport(feature=feature, torch_ok=torch_ok, torch_version=torch_version,

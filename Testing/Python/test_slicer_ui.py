@@ -116,7 +116,8 @@ def test_extension_catalog_entry():
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
     assert entry["category"] == "Segmentation" and entry["scm_url"].startswith("https://")
     assert entry["build_dependencies"] == ["PyTorch"]
-    assert "'PT'" in entry["dicom_support_rule"] and "Modality" in entry["dicom_support_rule"]
+    # VMambaX does not load DICOM data, so it carries no DICOM support rule (issue 11.13).
+    assert "dicom_support_rule" not in entry
 
 
 @pytest.mark.parametrize("path", ["Resources/Icons/VMambaX.png",
