@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vmambax.errors import ConfigError
+from vmambax.errors import ConfigError, OutputError
 from vmambax.metrics import set_metrics
 from vmambax.train.augment import affine_warp, augment, random_crop, sample_generator
 from vmambax.train.callbacks import AtomicCheckpointIO, ProgressWriter
@@ -237,16 +240,23 @@ def test_interrupted_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatc
     io.save_checkpoint({"step": torch.tensor(1), "w": torch.ones(3)}, path)
 
     def broken_save(obj, f, *a, **k):
-        f.write(b"PK\x03\x04 partial")
-        raise OSError("disk full")
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        io.save_checkpoint({"step": torch.tensor(2), "w": torch.zeros(3)}, path)
-    monkeypatch.undo()
-    back = io.load_checkpoint(path)
-    assert int(back["step"]) == 1 and torch.equal(back["w"], torch.ones(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp left behind
+    real_save = torch.save
+
+    def silently_truncated_save(obj, f, *a, **k):  # a writer that does not report ENOSPC
+        real_save(obj, f, *a, **k)
+        os.truncate(f, os.path.getsize(f) // 2)
+
+    for save in (broken_save, silently_truncated_save):
+        monkeypatch.setattr(torch, "save", save)
+        with pytest.raises(OutputError, match=r"last\.ckpt.* free in"):
+            io.save_checkpoint({"step": torch.tensor(2), "w": torch.zeros(3)}, path)
+        monkeypatch.undo()
+        back = io.load_checkpoint(path)
+        assert int(back["step"]) == 1 and torch.equal(back["w"], torch.ones(3))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp left behind
 
 
 def test_progress_writer_json_lines_rank_zero_only(tmp_path, capsys):

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VMambaXError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from vmambax.data.io import LABEL_SUFFIXES, read_image, write_label
     from vmambax.errors import ConfigError, InputError
     from vmambax.metrics import quantify_lesions
-    from vmambax.utils import atomic_path
+    from vmambax.utils import atomic_group
 
     out = Path(args.output)
     name = out.name.lower()
@@ -72,19 +72,21 @@ def run(args: argparse.Namespace) -> int:
         pet = resample_to(pet, ct, "linear")
     label = segment_pet(pet, args.method, threshold=args.threshold, percent=args.percent)
     q = quantify_lesions(label, pet)
-    write_label(label, out, reference=args.ct if name.endswith(".dcm") else None)
     t = q["total"]
     grid = "CT" if ct is not None else "PET"
+    report = dict(method=args.method, threshold=args.threshold,
+                  percent=args.percent if args.method == "pct41" else None,
+                  pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), **q)
+    # Both outputs staged and verified, then moved into place together (or neither).
+    with atomic_group([out] + ([Path(args.report)] if args.report else [])) as staged:
+        write_label(label, staged[0], reference=args.ct if name.endswith(".dcm") else None)
+        if args.report:
+            staged[1].write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.method}: {t['n_lesions']} region(s), MTV {t['mtv_ml']:.2f} mL, TLG {t['tlg']:.2f} "
           f"on the {grid} grid ({'x'.join(map(str, label.GetSize()))})")
     print_lesions(q["lesions"])
     print(f"label: {out}")
     if args.report:
-        report = dict(method=args.method, threshold=args.threshold,
-                      percent=args.percent if args.method == "pct41" else None,
-                      pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), **q)
-        with atomic_path(args.report) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")
     return 0
 
