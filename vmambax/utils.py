@@ -111,8 +111,10 @@ def output_error(target: str | os.PathLike, problem: BaseException | str, others
     if also:
         kept = " Existing files were left as they were." if target.exists() or any(
             (folder / o).exists() for o in also) else ""
-    return OutputError(f"cannot write {what}: {reason}; {free_space(folder)} free in {folder}. "
-                       f"Nothing was written: {fix}{kept}")
+    error = OutputError(f"cannot write {what}: {reason}; {free_space(folder)} free in {folder}. "
+                        f"Nothing was written: {fix}{kept}")
+    error.path, error.reason = target, problem
+    return error
 
 
 def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
@@ -291,11 +293,15 @@ def atomic_group(targets, verify=True, suffixes=None):
     try:
         for t, suffix in zip(targets, suffixes or [None] * len(targets)):
             t.parent.mkdir(parents=True, exist_ok=True)
-            staged.append(staging_path(t, suffix))
+            # A writer handed a staging path by an outer group (write_label inside segment's
+            # group) writes it directly; the outer group verifies and renames it.
+            staged.append(t if is_staging_name(t.name) else staging_path(t, suffix))
         yield staged
         for tmp, t in zip(staged, targets):
             _check(tmp, t, verify)
         for n, (tmp, t) in enumerate(zip(staged, targets)):
+            if tmp == t:
+                continue
             try:
                 os.replace(tmp, t)
             except OSError as exc:
@@ -308,6 +314,10 @@ def atomic_group(targets, verify=True, suffixes=None):
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             bad = _failed_target(exc, targets, staged)
             raise output_error(bad or targets[0], exc, () if bad else targets) from None
+        inner = getattr(exc, "path", None)
+        if isinstance(exc, VMambaXError) and inner in staged and inner not in targets:
+            # an inner writer's error names our staging file: name the real output instead
+            raise output_error(targets[staged.index(inner)], exc.reason) from None
         raise
 
 
