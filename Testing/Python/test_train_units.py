@@ -272,6 +272,24 @@ def test_progress_writer_json_lines_rank_zero_only(tmp_path, capsys):
     assert capsys.readouterr().out.count("\n") == 2
 
 
+def test_progress_writer_holds_early_warnings_and_survives_a_full_disk(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    w = ProgressWriter(path)
+    w.emit("warning", message="PET covers only 40 %")  # before start: written right after it
+    w.emit("start", step=0)
+    w.emit("step", step=1)
+    w.close()
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["start", "warning", "step"]
+
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    w = ProgressWriter(blocked / "p.jsonl")  # cannot be created, like a full disk
+    w.emit("start", step=0)
+    w.emit("error", message="cannot write last.ckpt")  # must not raise and hide this error
+    w.close()
+    assert capsys.readouterr().err.count("warning: cannot append") == 1
+
+
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     import random
 
