@@ -157,7 +157,12 @@ def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
         elif name.endswith(TORCH_SUFFIXES):
             import torch
 
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:  # mmap: the tensors need not fit in memory twice
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
         elif name.endswith(".dcm"):
             import pydicom
 

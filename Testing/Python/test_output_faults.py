@@ -28,7 +28,7 @@ import torch
 
 from vmambax.cli import main
 from vmambax.errors import OutputError
-from vmambax.utils import atomic_dir, atomic_path, is_staging_name, remove_stale_staging, verify_file
+from vmambax.utils import atomic_path, is_staging_name, remove_stale_staging, verify_file
 
 SIZE = 128
 
