@@ -106,7 +106,8 @@ def terminate_cleanly():
 
     def handler(signum, frame):
         raise Terminated(f"stopped by {signal.Signals(signum).name} before finishing; nothing was "
-                         "written (unfinished files were removed). Run the command again.", signum)
+                         "written (unfinished files were removed, existing outputs are unchanged). Run "
+                         "the command again.", signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
