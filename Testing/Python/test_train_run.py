@@ -343,13 +343,22 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(phantom_root, tmp_p
     assert whole.status == "done" and whole.global_step == 4
     reference = _state(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     timed = [e for e in _events(tmp_path / "whole", "checkpoint") if e.get("reason") == "interval"]
-    assert [e["step"] for e in timed] == [1, 2, 3, 4]  # mid-epoch ones (1, 3) too
+    # every step but an epoch's last, where the end-of-epoch checkpoint follows its validation
+    assert [e["step"] for e in timed] == [1, 3]
     assert torch.load(snaps / "step1.ckpt", weights_only=True)["vmambax_position"] == {"epoch": 0, "batches_done": 1}
 
     run = tmp_path / "stopped"
     assert train(_cfg(data, run, stop_after_steps=3, checkpoint_every=0, **kw)).status == "stopped"
     torch.manual_seed(99)  # the RNG state comes from the checkpoint
     assert train(config_for_resume(run / "checkpoints" / "last.ckpt", stop_after_steps=None)).status == "done"
+    _assert_bit_equal(_state(run / "checkpoints" / "last.ckpt"), reference)
+
+    # Stopped at the last batch of epoch 0: that epoch is still validated and checkpointed.
+    run = tmp_path / "stopped-at-epoch-end"
+    stopped = train(_cfg(data, run, stop_after_steps=2, checkpoint_every=0, **kw))
+    assert stopped.status == "stopped" and stopped.epoch == 1 and stopped.best_checkpoint is not None
+    assert train(config_for_resume(run / "checkpoints" / "last.ckpt", stop_after_steps=None)).status == "done"
+    assert [(e["epoch"], "val_dice" in e) for e in _events(run, "epoch")] == [(0, True), (1, True)]
     _assert_bit_equal(_state(run / "checkpoints" / "last.ckpt"), reference)
 
     # From the timed checkpoint of step 1 (mid-epoch 0), into another run folder.

@@ -232,6 +232,15 @@ def _round(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------- stop requests
+def last_batch_of_epoch(trainer, pl_module) -> bool:
+    """Did the step that just ended finish the epoch's training batches? (Counted by the module,
+    whose count a resumed run restores; Lightning's batch_idx restarts in a resumed epoch.)"""
+    done = getattr(pl_module, "batches_done", None)
+    total = trainer.num_training_batches
+    return done is not None and isinstance(total, int) and done >= total
+
+
+
 class StopRequest(Callback):
     """Stop cleanly after the current step when a stop file appears or on SIGTERM/SIGINT.
 
@@ -251,6 +260,7 @@ class StopRequest(Callback):
         self.checkpoints = list(checkpoints)
         self.signalled: str | None = None
         self.stopped = False
+        self.cut = False  # stopped inside an epoch (True) or at its last batch (False)
         self.reason: str | None = None
         self.epoch: int | None = None
         self._previous: dict[int, Any] = {}
@@ -284,16 +294,23 @@ class StopRequest(Callback):
         return None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped:
+            return
         reason = self._local_reason(trainer)
         if not trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             return
         self.reason = reason or "stop requested on another process"
-        self.epoch = trainer.current_epoch
+        self.stopped = True
+        trainer.should_stop = True
+        if last_batch_of_epoch(trainer, pl_module):
+            # The epoch's training is complete: let its validation and end-of-epoch checkpoints
+            # run as usual (a mid-epoch save here would make the resumed run skip them).
+            self.cut, self.epoch = False, trainer.current_epoch + 1
+            return
+        self.cut, self.epoch = True, trainer.current_epoch
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         for cb in self.checkpoints:
             cb.suspended = True
-        self.stopped = True
-        trainer.should_stop = True
         # Lightning would validate before leaving; skip it, the epoch is incomplete (and the
         # resumed run validates it when the epoch ends).
         trainer.limit_val_batches = 0
@@ -326,6 +343,8 @@ class TimedCheckpoint(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.every_s <= 0 or self.skip():  # off, or a stop request just saved it
             return
+        if last_batch_of_epoch(trainer, pl_module):
+            return  # the end-of-epoch checkpoint follows, after the validation it must not skip
         due = self.clock() - self._last >= self.every_s
         if not trainer.strategy.reduce_boolean_decision(due, all=False):
             return

@@ -334,7 +334,7 @@ class _Run:
             on_saved=lambda path, step: writer.emit("checkpoint", path=str(path), step=step,
                                                     reason="interval"))
         progress = ProgressStream(writer, every_s=cfg.progress_every_s,
-                                  stopping=lambda: self.stop_cb.stopped, start_info={
+                                  stopping=lambda: self.stop_cb.stopped and self.stop_cb.cut, start_info={
                                       "config": cfg.config, "data": self.data_info,
                                       "precision": self.precision, "accelerator": self.accel,
                                       "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
