@@ -282,6 +282,25 @@ def _check(tmp: Path, target: Path, verify) -> None:
         raise output_error(target, str(exc)) from None
 
 
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a (staging) path. torch's zip writer reports a full disk as a
+    RuntimeError ("unexpected pos", "iostream error"); it is raised as an OSError here, so the
+    write helper turns it into the usual OutputError with the path and the free space."""
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else
+                      f"torch.save failed ({lines[-1] if lines else exc})", os.fspath(path)) from None
+
+
 @contextlib.contextmanager
 def atomic_group(targets, verify=True, suffixes=None):
     """Yield staging paths for several ``targets``; when the block succeeds every staged file is

@@ -17,7 +17,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from vmambax.utils import atomic_path
+from vmambax.utils import atomic_path, torch_save
 
 
 # ---------------------------------------------------------------------------- atomic checkpoints
@@ -33,7 +33,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            torch_save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
         return torch.load(path, map_location=map_location or (lambda storage, loc: storage),
