@@ -303,7 +303,9 @@ def test_real_full_tmpfs_segment_and_read_only(case, nano_file, small_tmpfs, cap
 # ---------------------------------------------------------------------------- SIGTERM
 def test_sigterm_during_segment_removes_staging_files(case, nano_file, tmp_path):
     """The label is staged (its file written, not yet renamed) when SIGTERM arrives: the command
-    says why it stopped, exits 143 and leaves neither the staging file nor an output."""
+    line's handler (every command but train, which checkpoints and exits 0) turns it into an
+    error, so the command says why it stopped, exits 143 and leaves neither the staging file
+    nor an output."""
     out = tmp_path / "out"
     marker = tmp_path / f"staged-{uuid.uuid4().hex}"
     driver = textwrap.dedent(f"""

@@ -8,6 +8,7 @@ Modules import heavy dependencies (torch, SimpleITK) inside ``func`` so ``vmamba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -47,6 +48,31 @@ def register_modules(subparsers, module_names) -> None:
         importlib.import_module(name).register(subparsers)
 
 
+@contextlib.contextmanager
+def terminate_cleanly(enabled: bool = True):
+    """Turn SIGTERM (``kill``, a scheduler's time limit) into an exception while a command runs,
+    so its staged outputs are removed on the way out (the default action kills the process and
+    leaves the staging files behind) and the user reads why nothing was written."""
+    import signal
+    import threading
+
+    from vmambax.errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(f"stopped by {signal.Signals(signum).name} before finishing; nothing was "
+                         "written (unfinished files were removed, existing outputs are unchanged). "
+                         "Run the command again.", signum)
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     prefer_passive_wait()  # before any command imports torch: no spin-waiting on shared cores
     parser = build_parser()
@@ -55,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        # `vmambax train` has its own SIGTERM handling (finish the step, checkpoint, exit 0).
+        with terminate_cleanly(enabled=args.command != "train"):
+            return int(args.func(args) or 0)
     except VMambaXError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(getattr(exc, "exit_code", 2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 
 MAX_TABLE_ROWS = 20  # lesions are sorted by MTV; the report has all of them
@@ -94,44 +93,18 @@ def print_summary(result, outputs: dict, file=None) -> None:
             print(f"{kind}: {path}", file=file)
 
 
-@contextlib.contextmanager
-def terminate_cleanly():
-    """Turn SIGTERM (``kill``, a scheduler's time limit) into an exception while segmenting, so
-    the staged outputs are removed on the way out (the default action would kill the process
-    with its staging files left behind) and the user reads why nothing was written."""
-    import signal
-    import threading
-
-    from vmambax.errors import Terminated
-
-    def handler(signum, frame):
-        raise Terminated(f"stopped by {signal.Signals(signum).name} before finishing; nothing was "
-                         "written (unfinished files were removed, existing outputs are unchanged). Run "
-                         "the command again.", signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run(args: argparse.Namespace) -> int:
     from vmambax.infer.pipeline import segment_files
 
     update, close = progress_bar(args.quiet)
     try:
-        with terminate_cleanly():
-            result, report = segment_files(
-                args.ct, args.pet, args.output, report=args.report, preview=args.preview,
-                model=args.model, device=args.device, batch_size=args.batch, pet_units=args.pet_units,
-                weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
-                overwrite=args.overwrite,
-                threads=args.threads, amp=False if args.no_amp else None, compile=args.compile,
-                progress=update)
+        result, report = segment_files(
+            args.ct, args.pet, args.output, report=args.report, preview=args.preview,
+            model=args.model, device=args.device, batch_size=args.batch, pet_units=args.pet_units,
+            weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
+            overwrite=args.overwrite,
+            threads=args.threads, amp=False if args.no_amp else None, compile=args.compile,
+            progress=update)
     finally:
         close()
     if not args.quiet:
