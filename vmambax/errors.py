@@ -26,5 +26,19 @@ class DependencyError(VMambaXError, ImportError):
     """An optional package needed for this action is not installed."""
 
 
+class OutputError(VMambaXError, OSError):
+    """An output could not be written, or did not read back complete (disk full, no permission,
+    read-only file system); the existing file, if any, was left as it was."""
+
+
 class Cancelled(VMambaXError):
     """The user asked to stop; nothing was written."""
+
+
+class Terminated(Cancelled):
+    """A termination signal (SIGTERM) arrived; nothing was written. The command line exits with
+    128 + the signal number, as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

@@ -1,60 +1,411 @@
-"""Small shared helpers: atomic file writes, the user's VMambaX folder, OpenMP wait policy,
+"""Small shared helpers: verified atomic file writes (the one write-and-verify helper), the user's VMambaX folder, OpenMP wait policy,
 torch CPU thread count."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gzip
+import json
 import os
+import re
 import shutil
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``target``; rename it onto ``target`` only on success.
+# ---------------------------------------------------------------------------- verified writes
+# Every output goes through ``atomic_path`` / ``atomic_group`` (one file or several) or
+# ``atomic_dir`` (a folder): it is written under a staging name in the target's folder, flushed
+# to disk, VERIFIED (not empty, and read back in its format), and only then renamed onto the
+# target. Some writers do not report a full disk (SimpleITK's WriteImage returns silently with a
+# truncated file on ENOSPC), so the read-back is what proves the file is whole. Any OSError and
+# any failed verification becomes an ``OutputError`` naming the path and the free space; the
+# staging file is removed and an existing target is never replaced by a bad file.
 
-    Writers write to the yielded path; if the block raises, the temporary file (or folder) is
-    removed and ``target`` is untouched, so a failure never leaves a half-written output.
-    The temporary name keeps ``target``'s suffix (``.nii.gz`` etc.) so format-by-extension
-    writers (SimpleITK, PIL) still pick the right format.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+#: Staging names: ``.<stem>.<8 random chars>.tmp<suffixes>`` (files) and
+#: ``.<name>.<8 random chars>.tmp`` (folders); ``remove_stale_staging`` recognises exactly these.
+_STAGING_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..+)?$")
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
+TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
+#: Outputs that may legitimately be empty (e.g. an empty split list).
+EMPTY_OK_SUFFIXES = (".txt",)
+
+
+def staging_path(target: Path, suffix: str | None = None, folder: bool = False) -> Path:
+    """A new, unused staging name next to ``target`` (created, for folders)."""
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     suffix = suffix if suffix is not None else "".join(target.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + suffix,
                                dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def is_staging_name(name: str) -> bool:
+    return bool(_STAGING_RE.match(name))
+
+
+def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
+    """Delete staging files/folders a killed process (kill -9, power loss) left in ``folder``.
+
+    Only call this where no other process of ours may be writing at the same moment (e.g. rank 0
+    of a training run before it starts). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        if is_staging_name(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """Human-readable free space of the file system holding ``path`` (or its nearest parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    except BaseException:
-        if tmp_path.is_dir():
-            shutil.rmtree(tmp_path, ignore_errors=True)
-        elif tmp_path.exists():
-            tmp_path.unlink()
-        raise
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "unknown space"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if free >= size:
+            return f"{free / size:.1f} {unit}"
+    return f"{free} bytes"
+
+
+def output_error(target: str | os.PathLike, problem: BaseException | str, others=()):
+    """The ``OutputError`` for a failed write of ``target`` (an OSError or a failed check);
+    ``others``: outputs staged with it (when it is not known which of them failed)."""
+    from vmambax.errors import OutputError
+
+    target = Path(target)
+    also = [Path(o).name for o in others if Path(o) != target]
+    folder = target.parent
+    if isinstance(problem, OSError):
+        code = errno.errorcode.get(problem.errno or 0, "")
+        reason = f"{problem.strerror or problem}" + (f" ({code})" if code else "")
+        if problem.errno in (errno.EACCES, errno.EPERM):
+            fix = f"make {folder} writable or choose another output location."
+        elif problem.errno == errno.EROFS:
+            fix = f"{folder} is on a read-only file system; choose another output location."
+        else:
+            fix = "free some space or choose another output location."
+    else:
+        reason = str(problem)
+        fix = "free some space or choose another output location."
+    kept = " The existing file was left as it was." if target.exists() else ""
+    what = f"{target} (with {', '.join(also)})" if also else f"{target}"
+    if also:
+        kept = " Existing files were left as they were." if target.exists() or any(
+            (folder / o).exists() for o in also) else ""
+    error = OutputError(f"cannot write {what}: {reason}; {free_space(folder)} free in {folder}. "
+                        f"Nothing was written: {fix}{kept}")
+    error.path, error.reason = target, problem
+    return error
+
+
+def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
+    """Raise ``ValueError`` (the reason) unless ``path`` is a complete file of the format its
+    name (``name``, default the path's) says: not empty, and read back by the format's reader
+    (SimpleITK for images, json for JSON, PIL for PNG, a weights-only torch.load for model and
+    checkpoint files, pydicom for DICOM)."""
+    path = Path(path)
+    name = (name or path.name).lower()
+    if path.is_dir():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        if name.endswith(EMPTY_OK_SUFFIXES):
+            return
+        raise ValueError("the written file is empty (0 bytes)")
+    try:
+        if name.endswith(IMAGE_SUFFIXES):
+            import SimpleITK as sitk
+
+            sitk.ReadImage(str(path))
+            if name.endswith((".nii", ".nii.gz")):
+                _check_nifti_length(path)  # ITK pads a short NIfTI without a word
+            elif name.endswith(".gz"):
+                _check_gzip(path)
+            elif name.endswith((".nrrd", ".mha")):
+                _check_embedded_stream(path)  # a cut zlib trailer reads back without error
+        elif name.endswith(".json"):
+            with open(path, encoding="utf-8") as fh:
+                json.load(fh)
+        elif name.endswith(".png"):
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+            with open(path, "rb") as fh:  # PIL decodes a PNG that lost its end chunk
+                fh.seek(-12, os.SEEK_END)
+                if fh.read(12) != b"\x00\x00\x00\x00IEND\xaeB`\x82":
+                    raise ValueError("the PNG has no end chunk (truncated)")
+        elif name.endswith(TORCH_SUFFIXES):
+            import torch
+
+            try:  # mmap: the tensors need not fit in memory twice
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+        elif name.endswith(".dcm"):
+            import pydicom
+
+            _check_dicom(pydicom.dcmread(str(path)))
+    except Exception as exc:  # every reader has its own exception types
+        text = str(exc).strip().splitlines()
+        raise ValueError(f"the written file ({size} bytes) does not read back "
+                         f"({type(exc).__name__}: {text[-1] if text else ''})") from None
+
+
+def _open_maybe_gzip(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _check_gzip(path: Path) -> None:
+    with gzip.open(path, "rb") as fh:  # EOFError when the stream or its CRC trailer is cut
+        while fh.read(1 << 22):
+            pass
+
+
+def _check_embedded_stream(path: Path) -> None:
+    """NRRD / MetaImage with compressed data: the deflate stream after the header must be whole."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if path.name.lower().endswith(".nrrd"):
+        end = data.find(b"\n\n")
+        if end < 0:
+            raise ValueError("its header is incomplete (truncated)")
+        header, wbits = data[:end], 47  # gzip or zlib header, auto-detected
+        compressed = re.search(rb"(?m)^encoding:\s*(gz|gzip)\s*$", header) is not None
+        start = end + 2
+    else:
+        m = re.search(rb"ElementDataFile\s*=\s*LOCAL\r?\n", data)
+        if m is None:
+            return
+        header, start, wbits = data[:m.start()], m.end(), 15
+        compressed = re.search(rb"CompressedData\s*=\s*True", header) is not None
+    if compressed:
+        d = zlib.decompressobj(wbits)
+        d.decompress(data[start:])
+        if not d.eof:
+            raise ValueError("its compressed data stream is cut short (truncated)")
+
+
+def _check_dicom(ds) -> None:
+    """pydicom reads a cut file without a word: its pixel data must be there and complete."""
+    if "SOPInstanceUID" not in ds:
+        raise ValueError("the DICOM file lacks its SOP Instance UID (truncated)")
+    if "PixelData" not in ds:
+        if ds.get("Modality") in ("RTSTRUCT", "SR", "KO", "PR", "REG"):  # no pixels by design
+            return
+        raise ValueError("the DICOM file has no pixel data (truncated)")
+    if getattr(ds.file_meta, "TransferSyntaxUID", None) is not None and ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    bits = (int(ds.Rows) * int(ds.Columns) * int(getattr(ds, "NumberOfFrames", 1) or 1)
+            * int(getattr(ds, "SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated))
+    if len(ds.PixelData) < (bits + 7) // 8:
+        raise ValueError(f"its pixel data has {len(ds.PixelData)} of {(bits + 7) // 8} bytes (truncated)")
+
+
+def _check_nifti_length(path: Path) -> None:
+    """Raise ValueError unless the (decompressed) file holds all the voxels its header promises."""
+    with _open_maybe_gzip(path) as fh:
+        head = fh.read(540)
+        total = len(head)
+        while chunk := fh.read(1 << 22):
+            total += len(chunk)
+    for order in "<>":
+        size = struct.unpack(order + "i", head[:4])[0]
+        if size == 348:  # NIfTI-1: dim int16[8] at 40, bitpix int16 at 72, vox_offset float at 108
+            dims = struct.unpack(order + "8h", head[40:56])
+            bitpix = struct.unpack(order + "h", head[72:74])[0]
+            offset = int(struct.unpack(order + "f", head[108:112])[0])
+            break
+        if size == 540:  # NIfTI-2: bitpix int16 at 14, dim int64[8] at 16, vox_offset int64 at 168
+            bitpix = struct.unpack(order + "h", head[14:16])[0]
+            dims = struct.unpack(order + "8q", head[16:80])
+            offset = struct.unpack(order + "q", head[168:176])[0]
+            break
+    else:
+        raise ValueError("not a NIfTI header")
+    n = 1
+    for d in dims[1:1 + max(min(dims[0], 7), 0)]:
+        n *= max(int(d), 1)
+    need = offset + n * bitpix // 8
+    if total < need:
+        raise ValueError(f"it holds {total} of the {need} bytes its header promises (truncated)")
+
+
+def _sync(path: Path) -> None:
+    """Flush a staged file to the disk: a full or failing disk may only report it here."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def _check(tmp: Path, target: Path, verify) -> None:
+    if not tmp.exists():
+        raise output_error(target, "the writer produced no file")
+    if verify is False:
+        return
+    if not tmp.is_dir():
+        _sync(tmp)
+    try:
+        verify(tmp) if callable(verify) else verify_file(tmp, target.name)
+    except ValueError as exc:
+        raise output_error(target, str(exc)) from None
+
+
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to a (staging) path. torch's zip writer reports a full disk as a
+    RuntimeError ("unexpected pos", "iostream error"); it is raised as an OSError here, so the
+    write helper turns it into the usual OutputError with the path and the free space."""
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        try:
+            full = shutil.disk_usage(Path(path).parent).free < (1 << 20)
+        except OSError:
+            full = False
+        code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code) if full else
+                      f"torch.save failed ({lines[-1] if lines else exc})", os.fspath(path)) from None
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike):
-    """Yield a temporary folder next to ``target``; move it to ``target`` only on success.
+def atomic_group(targets, verify=True, suffixes=None):
+    """Yield staging paths for several ``targets``; when the block succeeds every staged file is
+    flushed and verified first, and only then all are renamed into place (all or none).
 
-    ``target`` must not exist yet (or be an empty folder); on failure the temporary folder is removed.
+    ``verify``: True (by the target's suffix, ``verify_file``), False (existence only) or a
+    callable ``verify(staged_path)`` raising ValueError. Names keep the target's suffixes, so
+    format-by-extension writers (SimpleITK, PIL) pick the right format.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    from vmambax.errors import VMambaXError
+
+    targets = [Path(t) for t in targets]
+    staged: list[Path] = []
     try:
+        for t, suffix in zip(targets, suffixes or [None] * len(targets)):
+            t.parent.mkdir(parents=True, exist_ok=True)
+            # A writer handed a staging path by an outer group (write_label inside segment's
+            # group) writes it directly; the outer group verifies and renames it.
+            staged.append(t if is_staging_name(t.name) else staging_path(t, suffix))
+        yield staged
+        for tmp, t in zip(staged, targets):
+            _check(tmp, t, verify)
+        for n, (tmp, t) in enumerate(zip(staged, targets)):
+            if tmp == t:
+                continue
+            try:
+                os.replace(tmp, t)
+            except OSError as exc:
+                raise output_error(t, exc) from None
+            staged[n] = None  # type: ignore[call-overload]  # in place: nothing to clean
+    except BaseException as exc:
+        for tmp in staged:
+            if tmp is not None:
+                _discard(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
+            bad = _failed_target(exc, targets, staged)
+            raise output_error(bad or targets[0], exc, () if bad else targets) from None
+        inner = getattr(exc, "path", None)
+        if isinstance(exc, VMambaXError) and inner in staged and inner not in targets:
+            # an inner writer's error names our staging file: name the real output instead
+            raise output_error(targets[staged.index(inner)], exc.reason) from None
+        raise
+
+
+def _failed_target(exc: OSError, targets: list[Path], staged: list) -> Path | None:
+    """The target an OSError is about: by file name, else the one being set up; None if unknown
+    (e.g. a write() of one of several staged files: the error carries no file name)."""
+    name = os.fspath(exc.filename) if exc.filename else None
+    for tmp, t in zip(staged, targets):
+        if name is not None and name in (os.fspath(t), os.fspath(tmp) if tmp else None):
+            return t
+    if len(staged) < len(targets) or len(targets) == 1:
+        return targets[min(len(staged), len(targets) - 1)]
+    return None
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str | None = None, verify=True):
+    """Yield a staging path next to ``target``; on success verify it and rename it onto
+    ``target`` (see ``atomic_group``). If the block raises, the staging file is removed and
+    ``target`` is untouched, so a failure never leaves a half-written or empty output.
+    ``suffix``: the staging name's suffix when it must differ from the target's."""
+    with atomic_group([target], verify=verify, suffixes=[suffix]) as (tmp,):
         yield tmp
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
+    """Yield a staging folder next to ``target``; move it to ``target`` only on success, after
+    every file in it was verified (``verify_file``, by suffix).
+
+    ``target`` must not exist yet (or be an empty folder) unless ``replace``: then a finished
+    folder replaces the old one, which is moved aside first and deleted last. On failure the
+    staging folder is removed and ``target`` is untouched.
+    """
+    from vmambax.errors import VMambaXError
+
+    target = Path(target)
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging_path(target, folder=True)
+        yield tmp
+        if verify:
+            for path in sorted(tmp.rglob("*")):
+                if path.is_file():
+                    try:
+                        verify_file(path)
+                    except ValueError as exc:
+                        raise output_error(target / path.relative_to(tmp), str(exc)) from None
+        old = None
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
+        elif target.exists() and replace:
+            old = staging_path(target, folder=True)
+            os.replace(target, old / "old")
         os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
+            raise output_error(target, exc) from None
         raise
 
 

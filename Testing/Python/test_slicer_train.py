@@ -201,7 +201,8 @@ def test_tiny_training_run_stop_resume_and_register(scene_cases, tmp_path, monke
     run_dir = tmp_path / "run"
     # One epoch of 2 steps on 128-px crops, one validation batch: the smallest real run.
     tiny = ["--batch-size", "2", "--num-workers", "0", "--limit-train-batches", "2", "--val-fraction", "0.5",
-            "--crop-size", "128", "--limit-val-batches", "1", "--precision", "32"]
+            "--crop-size", "128", "--limit-val-batches", "1", "--precision", "32",
+            "--min-positive-slices", "1"]  # the scene cases have only a few tumour slices
     run = logic.startTraining(data, run_dir, config="vmambax-nano", epochs=1, device="cpu",
                               extraArgs=tiny)
     events = _follow(run, stop_after_start=True)

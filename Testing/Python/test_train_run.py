@@ -57,8 +57,11 @@ def _subset(phantom_root: Path, name: str, n_train: int, n_val: int) -> Path:
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
+    # The tiny subsets hold 1-4 tumour slices: below the default minimum of 8 (see
+    # test_training_data_traps); these tests are about the engine, not the data.
     base = dict(data=str(data), out=str(out), config="vmambax-nano", batch_size=2, num_workers=0,
-                progress_bar=False, progress_every_s=0, accelerator="cpu", lr=1e-3)
+                progress_bar=False, progress_every_s=0, accelerator="cpu", lr=1e-3,
+                min_positive_slices=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -193,7 +196,7 @@ def test_two_process_ddp_reduces_validation_metrics(phantom_root, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "vmambax", "train", "--data", str(data), "--config", "vmambax-nano",
            "--out", str(run), "--epochs", "1", "--batch-size", "2", "--accelerator", "cpu",
-           "--num-workers", "0", "--no-progress-bar", "--no-augment"]
+           "--num-workers", "0", "--no-progress-bar", "--no-augment", "--min-positive-slices", "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     start = _events(run, "start")[0]
@@ -227,8 +230,14 @@ def test_volume_case_folders_are_exported_once_into_the_run(phantom_root, tmp_pa
     assert train_ids and val_ids and read_split(root, "test") == []
     assert {i.split("_")[0] for i in train_ids}.isdisjoint({i.split("_")[0] for i in val_ids})
     stamp = (root / "train.txt").stat().st_mtime_ns
-    assert prepare_data_root(phantom_root / "cases", tmp_path, image_size=128)[0] == root
-    assert (root / "train.txt").stat().st_mtime_ns == stamp  # reused on resume, not redone
+    assert prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)[0] == root
+    assert (root / "train.txt").stat().st_mtime_ns == stamp  # same source and settings: reused
+    # Other export settings: a new run exports again, a resumed one keeps its export (and says so).
+    notes: list[str] = []
+    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2, resumed=True, notes=notes)
+    assert (root / "train.txt").stat().st_mtime_ns == stamp and "changed since" in notes[0]
+    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2)
+    assert (root / "train.txt").stat().st_mtime_ns != stamp
 
 
 def test_sigterm_stops_cleanly_and_cli_resume_finishes(phantom_root, tmp_path):
@@ -243,7 +252,7 @@ def test_sigterm_stops_cleanly_and_cli_resume_finishes(phantom_root, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "vmambax", "train", "--data", str(data), "--config", "vmambax-nano",
            "--out", str(run), "--epochs", "8", "--batch-size", "2", "--accelerator", "cpu",
-           "--num-workers", "0", "--no-progress-bar", "--lr", "1e-3"]
+           "--num-workers", "0", "--no-progress-bar", "--lr", "1e-3", "--min-positive-slices", "1"]
     proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -282,9 +291,246 @@ def test_unreadable_slice_in_a_loader_worker_is_a_clear_error(phantom_root, tmp_
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--config", "vmambax-nano", "--out", str(run),
                  "--epochs", "1", "--batch-size", "2", "--num-workers", "1", "--accelerator", "cpu",
-                 "--no-progress-bar"]) == 2
+                 "--no-progress-bar", "--min-positive-slices", "1"]) == 2
     err = capsys.readouterr().err
     assert bad.name in err and "Traceback" not in err and "worker" not in err
     event = _events(run)[-1]
     assert event["event"] == "error" and bad.name in event["message"]
     assert not (run / "model.pt").exists()
+
+
+# ---------------------------------------------------------------------------- issue 10
+def _state(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=True)
+    return {"weights": ckpt["state_dict"], "optimizer": ckpt["optimizer_states"][0]["state"],
+            "step": ckpt["global_step"]}
+
+
+def _assert_bit_equal(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["weights"].keys() == b["weights"].keys()
+    diff = {k: float((a["weights"][k].double() - b["weights"][k].double()).abs().max())
+            for k in a["weights"] if not torch.equal(a["weights"][k], b["weights"][k])}
+    assert not diff, f"max |dw| {max(diff.values()):.3g} in {len(diff)} tensors"
+    for p, st in a["optimizer"].items():
+        for name, value in st.items():
+            assert torch.equal(value, b["optimizer"][p][name]), (p, name)
+
+
+def _snapshots(steps: set[int], folder: Path):
+    """Copies last.ckpt right after the given steps (the timed checkpoint saved it just before)."""
+    import pytorch_lightning as pl
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step in steps:
+                shutil.copy(Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt",
+                            folder / f"step{trainer.global_step}.ckpt")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return Snapshot()
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(phantom_root, tmp_path):
+    """Stopped mid-epoch (the STOP-file path) and resumed, or resumed from a mid-epoch timed
+    checkpoint (what a kill -9 leaves): final weights and AdamW state equal the uninterrupted
+    run's exactly (the decoder's drop-path draws from the global RNG)."""
+    data = _subset(phantom_root, "two-batches", n_train=4, n_val=1)
+    kw = dict(epochs=2, seed=5, lr=3e-3)
+    snaps = tmp_path / "snaps"
+    whole = train(_cfg(data, tmp_path / "whole", checkpoint_every=0.001, **kw),
+                  callbacks=[_snapshots({1}, snaps)])
+    assert whole.status == "done" and whole.global_step == 4
+    reference = _state(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    timed = [e for e in _events(tmp_path / "whole", "checkpoint") if e.get("reason") == "interval"]
+    # every step but an epoch's last, where the end-of-epoch checkpoint follows its validation
+    assert [e["step"] for e in timed] == [1, 3]
+    assert torch.load(snaps / "step1.ckpt", weights_only=True)["vmambax_position"] == {"epoch": 0, "batches_done": 1}
+
+    run = tmp_path / "stopped"
+    assert train(_cfg(data, run, stop_after_steps=3, checkpoint_every=0, **kw)).status == "stopped"
+    torch.manual_seed(99)  # the RNG state comes from the checkpoint
+    assert train(config_for_resume(run / "checkpoints" / "last.ckpt", stop_after_steps=None)).status == "done"
+    _assert_bit_equal(_state(run / "checkpoints" / "last.ckpt"), reference)
+
+    # Stopped at the last batch of epoch 0: that epoch is still validated and checkpointed.
+    run = tmp_path / "stopped-at-epoch-end"
+    stopped = train(_cfg(data, run, stop_after_steps=2, checkpoint_every=0, **kw))
+    assert stopped.status == "stopped" and stopped.epoch == 1 and stopped.best_checkpoint is not None
+    assert train(config_for_resume(run / "checkpoints" / "last.ckpt", stop_after_steps=None)).status == "done"
+    assert [(e["epoch"], "val_dice" in e) for e in _events(run, "epoch")] == [(0, True), (1, True)]
+    _assert_bit_equal(_state(run / "checkpoints" / "last.ckpt"), reference)
+
+    # From the timed checkpoint of step 1 (mid-epoch 0), into another run folder.
+    other = tmp_path / "from-timed"
+    resumed = train(config_for_resume(snaps / "step1.ckpt", out=str(other), checkpoint_every=0))
+    assert resumed.status == "done" and _events(other, "start")[0]["step"] == 1
+    _assert_bit_equal(_state(other / "checkpoints" / "last.ckpt"), reference)
+
+
+def test_full_disk_during_training_keeps_the_last_good_checkpoint(phantom_root, tmp_path, monkeypatch):
+    """The second save of last.ckpt comes out short without an error (a writer on a full disk):
+    an error event names the file and the free space, the run stops, last.ckpt is still the
+    previous one and no staging file is left. A resume (after a kill -9 during a save, which
+    leaves a staging file) removes the stale file and finishes."""
+    from vmambax.errors import OutputError
+    from vmambax.utils import staging_path
+
+    data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
+    run = tmp_path / "run"
+    real_save, saves = torch.save, []
+
+    def full_disk_save(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        if Path(f).name.startswith(".last."):
+            saves.append(f)
+            if len(saves) == 2:
+                os.truncate(f, os.path.getsize(f) // 3)
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.raises(OutputError, match=r"last\.ckpt: the written file .* free in"):
+        train(_cfg(data, run, epochs=3, checkpoint_every=0))
+    monkeypatch.undo()
+    error = _events(run)[-1]
+    assert error["event"] == "error" and "last.ckpt" in error["message"] and "free in" in error["message"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 1
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+    assert not (run / "model.pt").exists()
+
+    stale = staging_path(run / "checkpoints" / "last.ckpt")
+    stale.write_bytes(b"PK\x03\x04 cut by kill -9")
+    assert stale.name.startswith(".last.") and stale.name.endswith(".tmp.ckpt")
+    done = train(config_for_resume(run / "checkpoints" / "last.ckpt"))
+    assert done.status == "done" and done.global_step == 3 and not stale.exists()
+    assert any(stale.name in e["message"] for e in _events(run, "warning"))
+
+
+def test_kill_9_loses_at_most_the_checkpoint_interval(phantom_root, tmp_path):
+    """A real kill -9 mid-epoch: the timed checkpoint (every 0.001 min = every step here) holds
+    the last step or the one before, and --resume continues from it to the end."""
+    import signal
+    import time
+
+    from vmambax.cli import main
+
+    data = _subset(phantom_root, "two-batches", n_train=4, n_val=1)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "vmambax", "train", "--data", str(data), "--config", "vmambax-nano",
+           "--out", str(run), "--epochs", "3", "--batch-size", "2", "--accelerator", "cpu",
+           "--num-workers", "0", "--no-progress-bar", "--min-positive-slices", "1",
+           "--checkpoint-every", "0.001"]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / "progress.jsonl").exists()
+                   and any(e.get("reason") == "interval" and e["step"] == 3 for e in _events(run, "checkpoint"))):
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "no mid-epoch checkpoint within 240 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    last_step = max(e["step"] for e in _events(run) if "step" in e)
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert saved >= 3 and last_step - saved <= 1  # at most the interval (one step here) lost
+    assert main(["train", "--out", str(run), "--resume", "--no-progress-bar", "--num-workers", "0"]) == 0
+    starts = _events(run, "start")
+    assert starts[-1]["resumed"] is True and starts[-1]["step"] == saved
+    assert _events(run)[-1]["event"] == "done" and _events(run)[-1]["step"] == 6
+
+
+def test_training_data_traps(phantom_root, tmp_path, capsys):
+    """All-empty labels and too few tumour slices are refused with the counts; the export a
+    refused run left is keyed to its source, so a later run on the fixed cases exports again;
+    the exporter's warnings reach stderr and the progress stream."""
+    from vmambax.errors import InputError
+    from vmambax.train.datamodule import export_info, prepare_data_root
+
+    cases = tmp_path / "cases"
+    shutil.copytree(phantom_root / "cases", cases)
+    originals = {}
+    for label in sorted(cases.glob("*/label.nii.gz")):
+        originals[label] = label.read_bytes()
+        img = sitk_read(label)
+        empty = type(img)(img.GetSize(), img.GetPixelID())
+        empty.CopyInformation(img)
+        sitk_write(empty, label)
+    run = tmp_path / "run"
+    cfg = _cfg(cases, run, epochs=1, image_size=128, min_positive_slices=8)
+    with pytest.raises(InputError, match=r"every training label .* is empty: 0 of \d+ training "
+                                         r"slices from \d patient\(s\)"):
+        train(cfg)
+    assert _events(run)[-1]["event"] == "error"
+    key = export_info(run / "data")["source_key"]
+
+    for label, data in originals.items():  # the user fixes the labels
+        label.write_bytes(data)
+    root, _ = prepare_data_root(cases, run, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                                image_size=128, negatives_per_positive=cfg.negatives_per_positive)
+    assert export_info(root)["source_key"] != key  # not the stale all-empty export
+    assert sum(c["slices_with_tumour"] for c in export_info(root)["cases"].values()) > 0
+
+    # Too few tumour slices: this PCLT subset has one.
+    few = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
+    with pytest.raises(InputError, match=r"too few training slices with tumour .*: 1 of 2 training "
+                                         r"slices .* at least 2 are needed"):
+        train(_cfg(few, tmp_path / "few", min_positive_slices=2))
+
+    # An export warning (a PET that covers only part of the CT) is printed and streamed.
+    import SimpleITK as sitk
+
+    one = sorted(cases.iterdir())[0]
+    pet = sitk.ReadImage(str(one / "pet.nii.gz"))
+    size_x = pet.GetSize()[0] * pet.GetSpacing()[0]
+    pet.SetOrigin((pet.GetOrigin()[0] + 0.4 * size_x, *pet.GetOrigin()[1:]))
+    sitk.WriteImage(pet, str(one / "pet.nii.gz"))
+    capsys.readouterr()
+    warned = tmp_path / "warned"
+    with pytest.raises(InputError, match="too few"):  # refused, after the warnings were shown
+        train(_cfg(cases, warned, epochs=1, image_size=128, min_positive_slices=10_000))
+    err = capsys.readouterr().err
+    assert "warning: exporting the cases: " in err and "covers only" in err
+    assert any("covers only" in e["message"] for e in _events(warned, "warning"))
+
+
+def sitk_read(path):
+    import SimpleITK as sitk
+
+    return sitk.ReadImage(str(path))
+
+
+def sitk_write(image, path):
+    import SimpleITK as sitk
+
+    sitk.WriteImage(image, str(path), True)
+
+
+def test_real_full_tmpfs_during_training(phantom_root, tmp_path):
+    """RUN_DIR on a real 40 MB tmpfs: the nano checkpoints (15 MB each: last, best, and the one
+    being staged) fill it in epoch 1. The run stops with an error event naming the file and the
+    free space, and the last good last.ckpt (epoch 0) stays. Skipped where mounting is not
+    permitted (the injected-fault test above covers the same path)."""
+    from vmambax.errors import OutputError
+
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a real full-disk test needs root to mount a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
+    try:
+        data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
+        run = mnt / "run"
+        with pytest.raises(OutputError, match=r"No space left on device \(ENOSPC\); .* free in"):
+            train(_cfg(data, run, epochs=4, checkpoint_every=0))
+        error = _events(run)[-1]
+        assert error["event"] == "error" and "No space left" in error["message"]
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] >= 1
+        assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

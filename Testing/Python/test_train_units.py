@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vmambax.errors import ConfigError
+from vmambax.errors import ConfigError, OutputError
 from vmambax.metrics import set_metrics
 from vmambax.train.augment import affine_warp, augment, random_crop, sample_generator
 from vmambax.train.callbacks import AtomicCheckpointIO, ProgressWriter
@@ -237,16 +240,23 @@ def test_interrupted_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatc
     io.save_checkpoint({"step": torch.tensor(1), "w": torch.ones(3)}, path)
 
     def broken_save(obj, f, *a, **k):
-        f.write(b"PK\x03\x04 partial")
-        raise OSError("disk full")
+        Path(f).write_bytes(b"PK\x03\x04 partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        io.save_checkpoint({"step": torch.tensor(2), "w": torch.zeros(3)}, path)
-    monkeypatch.undo()
-    back = io.load_checkpoint(path)
-    assert int(back["step"]) == 1 and torch.equal(back["w"], torch.ones(3))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp left behind
+    real_save = torch.save
+
+    def silently_truncated_save(obj, f, *a, **k):  # a writer that does not report ENOSPC
+        real_save(obj, f, *a, **k)
+        os.truncate(f, os.path.getsize(f) // 2)
+
+    for save in (broken_save, silently_truncated_save):
+        monkeypatch.setattr(torch, "save", save)
+        with pytest.raises(OutputError, match=r"last\.ckpt.* free in"):
+            io.save_checkpoint({"step": torch.tensor(2), "w": torch.zeros(3)}, path)
+        monkeypatch.undo()
+        back = io.load_checkpoint(path)
+        assert int(back["step"]) == 1 and torch.equal(back["w"], torch.ones(3))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp left behind
 
 
 def test_progress_writer_json_lines_rank_zero_only(tmp_path, capsys):
@@ -260,6 +270,24 @@ def test_progress_writer_json_lines_rank_zero_only(tmp_path, capsys):
     assert [x["event"] for x in lines] == ["step", "epoch"]
     assert lines[0]["loss"] == 0.5 and lines[0]["step"] == 3
     assert capsys.readouterr().out.count("\n") == 2
+
+
+def test_progress_writer_holds_early_warnings_and_survives_a_full_disk(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    w = ProgressWriter(path)
+    w.emit("warning", message="PET covers only 40 %")  # before start: written right after it
+    w.emit("start", step=0)
+    w.emit("step", step=1)
+    w.close()
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["start", "warning", "step"]
+
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    w = ProgressWriter(blocked / "p.jsonl")  # cannot be created, like a full disk
+    w.emit("start", step=0)
+    w.emit("error", message="cannot write last.ckpt")  # must not raise and hide this error
+    w.close()
+    assert capsys.readouterr().err.count("warning: cannot append") == 1
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):

@@ -6,9 +6,9 @@ from vmambax.utils import atomic_dir, atomic_path
 
 
 def test_atomic_path_replaces_only_on_success(tmp_path: Path):
-    target = tmp_path / "out" / "label.nii.gz"
+    target = tmp_path / "out" / "notes.txt"
     with atomic_path(target) as tmp:
-        assert tmp.name.endswith(".nii.gz")
+        assert tmp.name.endswith(".txt")
         tmp.write_text("new")
     assert target.read_text() == "new"
     with pytest.raises(RuntimeError):
@@ -16,7 +16,7 @@ def test_atomic_path_replaces_only_on_success(tmp_path: Path):
             tmp.write_text("half")
             raise RuntimeError("boom")
     assert target.read_text() == "new"
-    assert sorted(p.name for p in target.parent.iterdir()) == ["label.nii.gz"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["notes.txt"]
 
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path: Path):

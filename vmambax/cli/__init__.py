@@ -8,6 +8,7 @@ Modules import heavy dependencies (torch, SimpleITK) inside ``func`` so ``vmamba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -49,6 +50,31 @@ def register_modules(subparsers, module_names) -> None:
         importlib.import_module(name).register(subparsers)
 
 
+@contextlib.contextmanager
+def terminate_cleanly(enabled: bool = True):
+    """Turn SIGTERM (``kill``, a scheduler's time limit) into an exception while a command runs,
+    so its staged outputs are removed on the way out (the default action kills the process and
+    leaves the staging files behind) and the user reads why nothing was written."""
+    import signal
+    import threading
+
+    from vmambax.errors import Terminated
+
+    def handler(signum, frame):
+        raise Terminated(f"stopped by {signal.Signals(signum).name} before finishing; nothing was "
+                         "written (unfinished files were removed, existing outputs are unchanged). "
+                         "Run the command again.", signum)
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     prefer_passive_wait()  # before any command imports torch: no spin-waiting on shared cores
     parser = build_parser()
@@ -57,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        with user_facing_output():  # `warning: ...` lines, library chatter silenced
+        # `vmambax train` has its own SIGTERM handling (finish the step, checkpoint, exit 0).
+        with user_facing_output(), terminate_cleanly(enabled=args.command != "train"):
             return int(args.func(args) or 0)
     except VMambaXError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

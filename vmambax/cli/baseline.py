@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from vmambax.data.io import LABEL_SUFFIXES, write_label
     from vmambax.errors import ConfigError, InputError
     from vmambax.metrics import quantify_lesions
-    from vmambax.utils import atomic_path
+    from vmambax.utils import atomic_group
 
     out = Path(args.output)
     name = out.name.lower()
@@ -93,22 +93,24 @@ def run(args: argparse.Namespace) -> int:
     print_warnings(notes)
     label = segment_pet(pet, args.method, threshold=args.threshold, percent=args.percent)
     q = quantify_lesions(label, pet)
-    if name.endswith(".dcm"):
-        write_label(label, out, reference=ct_series[0], series_uid=ct_series[1])
-    else:
-        write_label(label, out)
     t = q["total"]
     grid = "CT" if ct is not None else "PET"
+    report = dict(method=args.method, threshold=args.threshold,
+                  percent=args.percent if args.method == "pct41" else None,
+                  pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), warnings=notes, **q)
+    # Both outputs staged and verified, then moved into place together (or neither).
+    with atomic_group([out] + ([Path(args.report)] if args.report else [])) as staged:
+        if name.endswith(".dcm"):
+            write_label(label, staged[0], reference=ct_series[0], series_uid=ct_series[1])
+        else:
+            write_label(label, staged[0])
+        if args.report:
+            staged[1].write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.method}: {t['n_lesions']} region(s), MTV {t['mtv_ml']:.2f} mL, TLG {t['tlg']:.2f} "
           f"on the {grid} grid ({'x'.join(map(str, label.GetSize()))})")
     print_lesions(q["lesions"])
     print(f"label: {out}")
     if args.report:
-        report = dict(method=args.method, threshold=args.threshold,
-                      percent=args.percent if args.method == "pct41" else None,
-                      pet=str(args.pet), ct=args.ct, grid=grid, label=str(out), warnings=notes, **q)
-        with atomic_path(args.report) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
         print(f"report: {args.report}")
     return 0
 

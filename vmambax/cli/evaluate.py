@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--resample", action="store_true",
                    help="resample a prediction on another grid onto the ground truth (nearest neighbour)")
     p.add_argument("--json", metavar="OUT", help="write all results (per slice and per case) as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(func=run)
 
 
@@ -143,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--pred", args.pred), ("--gt", args.gt)):
         if not Path(path).exists():
             raise InputError(f"{flag} {path} does not exist.")
+    if args.json and Path(args.json).exists() and not args.overwrite:  # before any work
+        raise InputError(f"--json {args.json} already exists: choose another name or pass --overwrite.")
+    if args.json and Path(args.json).suffix.lower() != ".json":
+        raise InputError(f"--json {args.json} must end in .json.")
     entries = _volume_cases(args)
     if entries is not None:
         res = evaluate_volumes(_load_volumes(entries, args), args.slices, args.empty_score)

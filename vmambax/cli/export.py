@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -36,6 +37,6 @@ def run(args) -> int:
         val_fraction=args.val_fraction, negatives_per_positive=args.negatives_per_positive,
         seed=args.seed, size=args.size, overwrite=args.overwrite)
     print(summary)
-    for warning in summary.warnings:
-        print(f"warning: {warning}")
+    for warning in summary.warnings:  # where the user looks, not into the output stream
+        print(f"warning: {warning}", file=sys.stderr)
     return 0

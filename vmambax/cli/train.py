@@ -88,6 +88,11 @@ def register(subparsers) -> None:
     s.add_argument("--progress-stdout", action="store_const", const=True,
                    help="also write the JSON-lines progress to stdout")
     s.add_argument("--stop-file", help="stop cleanly when this file appears (default RUN_DIR/STOP)")
+    s.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                   help="also save last.ckpt every MINUTES of training, mid-epoch (default 10; 0 = "
+                   "only at epoch ends): a kill -9 loses at most that plus one step")
+    s.add_argument("--min-positive-slices", type=int, metavar="N",
+                   help="refuse training data with fewer than N slices with tumour (default 8)")
     s.add_argument("--no-progress-bar", dest="progress_bar", action="store_const", const=False)
     s.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)  # tests
     p.set_defaults(func=run)
@@ -97,7 +102,8 @@ OPTION_FIELDS = ("data", "config", "epochs", "batch_size", "lr", "weight_decay",
                  "crop_size", "image_size", "negatives_per_positive", "augment", "seed", "val_every", "val_fraction", "pretrained_encoder",
                  "accelerator", "devices", "nodes", "strategy", "precision", "num_workers",
                  "deterministic", "max_steps", "limit_train_batches", "limit_val_batches",
-                 "progress_file", "progress_stdout", "stop_file", "progress_bar", "stop_after_steps")
+                 "progress_file", "progress_stdout", "stop_file", "progress_bar", "stop_after_steps",
+                 "checkpoint_every", "min_positive_slices")
 
 
 def config_from_args(args):

@@ -27,7 +27,7 @@ import numpy as np
 from vmambax.data import dicom as _dicom
 from vmambax.data.suv import SuvFactor, check_suv_plausible, suv_factor_from_tags, suv_factor_manual
 from vmambax.errors import InputError
-from vmambax.utils import atomic_path
+from vmambax.utils import atomic_path, output_error
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -394,11 +394,12 @@ def write_image(image, path) -> Path:
     path = Path(path)
     if _suffix(path) not in VOLUME_SUFFIXES or _suffix(path) in (".nhdr", ".mhd"):
         raise InputError(f"Cannot write {path.name}: use a .nii.gz, .nii, .nrrd or .mha name.")
+    # SimpleITK may return without error on a full disk; atomic_path reads the file back.
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), True)
         except RuntimeError as exc:
-            raise InputError(f"Cannot write {path}: {str(exc).strip().splitlines()[-1]}") from None
+            raise output_error(path, str(exc).strip().splitlines()[-1]) from None
     return path
 
 

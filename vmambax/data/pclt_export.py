@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from vmambax.data.orientation import image_axis_map
 from vmambax.data.pclt import split_patients, write_png, write_split
 from vmambax.data.preprocess import IMAGE_SIZE, mask_to_slices, preprocessing_info, volume_to_slices
 from vmambax.errors import InputError
+from vmambax.utils import atomic_dir
 
 LUNG_HU = (-950.0, -500.0)
 LUNG_MIN_FRACTION = 0.02
@@ -113,17 +111,6 @@ def _prepare_target(out_root: Path, overwrite: bool) -> None:
                              "(overwrite=True) to replace it.")
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move the finished ``tmp`` folder onto ``target`` (replacing an old one last)."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / "x")
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def _export_one(case: VolumeCase, cid: str, tmp: Path, size: int, ratio: float, seed: int,
                 warnings_out: list[str]) -> tuple[list[str], int, dict]:
     import SimpleITK as sitk
@@ -160,17 +147,18 @@ def _export_one(case: VolumeCase, cid: str, tmp: Path, size: int, ratio: float, 
 
 def export_cases(cases: Iterable[VolumeCase], out_root, *, test_ids: Sequence[str] = (),
                  val_fraction: float = 0.1, negatives_per_positive: float = 1.0, seed: int = 0,
-                 size: int = IMAGE_SIZE, overwrite: bool = False) -> ExportSummary:
-    """Write ``cases`` to ``out_root`` in the PCLT20K layout (see the module docstring)."""
+                 size: int = IMAGE_SIZE, overwrite: bool = False,
+                 extra_info: dict | None = None) -> ExportSummary:
+    """Write ``cases`` to ``out_root`` in the PCLT20K layout (see the module docstring).
+    ``extra_info``: more plain fields for export.json (e.g. the trainer's source key)."""
     out_root = Path(out_root)
     _prepare_target(out_root, overwrite)
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"Validation fraction {val_fraction} must be in [0, 1).")
     if negatives_per_positive < 0:
         raise InputError(f"negatives_per_positive {negatives_per_positive} must be >= 0.")
-    out_root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.", suffix=".tmp", dir=out_root.parent))
-    try:
+    # Staged, every file verified, then swapped in (the old export, if any, removed last).
+    with atomic_dir(out_root, replace=True) as tmp:
         sample_ids: dict[str, list[str]] = {}
         manifest: dict[str, dict] = {}
         notes: list[str] = []
@@ -206,11 +194,7 @@ def export_cases(cases: Iterable[VolumeCase], out_root, *, test_ids: Sequence[st
             "format": "pclt20k", "created_by": f"vmambax {__version__}",
             "preprocessing": preprocessing_info(size),
             "negatives_per_positive": negatives_per_positive, "val_fraction": val_fraction,
-            "seed": seed, "cases": manifest, "warnings": notes}, indent=1))
-        _replace_dir(tmp, out_root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            "seed": seed, "cases": manifest, "warnings": notes, **(extra_info or {})}, indent=1))
     return ExportSummary(out_root, splits, n_slices, n_positive, notes)
 
 
@@ -284,7 +268,8 @@ def _dicom_label(case_id: str, paths: dict[str, Path], ct):
 def export_case_folders(cases_dir, out_root, *, test_ids: Sequence[str] = (),
                         test_fraction: float = 0.0, val_fraction: float = 0.1,
                         negatives_per_positive: float = 1.0, seed: int = 0,
-                        size: int = IMAGE_SIZE, overwrite: bool = False) -> ExportSummary:
+                        size: int = IMAGE_SIZE, overwrite: bool = False,
+                        extra_info: dict | None = None) -> ExportSummary:
     """Export the volume case folders under ``cases_dir`` to the PCLT layout in ``out_root``.
 
     ``test_fraction`` (0..1) picks that share of cases for the test split (seeded) when
@@ -301,4 +286,4 @@ def export_case_folders(cases_dir, out_root, *, test_ids: Sequence[str] = (),
     return export_cases((load_case_folder(c, p) for c, p in folders), out_root,
                         test_ids=test_ids, val_fraction=val_fraction,
                         negatives_per_positive=negatives_per_positive, seed=seed, size=size,
-                        overwrite=overwrite)
+                        overwrite=overwrite, extra_info=extra_info)

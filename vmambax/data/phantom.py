@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -309,29 +308,15 @@ def write_case(phantom: Phantom, out_dir: str | Path, case_id: str | None = None
     if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
         raise InputError(f"case folder {target} already exists and is not empty: choose another --out, "
                          "delete it, or pass --overwrite.")
-    staging = out_dir / f".{case_id}.new"
-    try:
-        if staging.exists():
-            shutil.rmtree(staging)
-        _write_staging(phantom, staging, case_id, dicom)
-        # swap the finished folder into place (an old one, if overwriting, goes only after that)
-        old = None
-        if target.exists():
-            old = out_dir / f".{case_id}.old"
-            if old.exists():
-                shutil.rmtree(old)
-            target.rename(old)
-        staging.rename(target)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise InputError(f"cannot write case folder {target}: {exc.strerror or exc}. Check that --out is "
-                         "writable and has free space.") from None
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and not target.is_dir():
+        raise InputError(f"{target} exists and is not a folder: choose another --out or case id.")
+    # Staged, every file verified (a full disk is an OutputError naming the path and the free
+    # space), then swapped in; an old case folder (--overwrite) is removed only after that.
+    _write_staging(phantom, target, case_id, dicom)
     return target
 
 
-def _write_staging(phantom: Phantom, staging: Path, case_id: str, dicom: bool) -> None:
+def _write_staging(phantom: Phantom, target: Path, case_id: str, dicom: bool) -> None:
     import os
 
     import SimpleITK as sitk
@@ -339,7 +324,7 @@ def _write_staging(phantom: Phantom, staging: Path, case_id: str, dicom: bool) -
     from vmambax.data.dicom_write import PetDose, write_ct_series, write_pet_series
     from vmambax.utils import atomic_dir
 
-    with atomic_dir(staging) as tmp:
+    with atomic_dir(target, replace=True) as tmp:
         sitk.WriteImage(phantom.ct, str(tmp / "ct.nii.gz"), True)
         sitk.WriteImage(phantom.pet_suv, str(tmp / "pet.nii.gz"), True)
         sitk.WriteImage(phantom.label, str(tmp / "label.nii.gz"), True)

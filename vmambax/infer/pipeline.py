@@ -8,14 +8,13 @@ temporary names and renamed into place only when all of them were written succes
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmambax.errors import InputError
-from vmambax.utils import atomic_path
+from vmambax.utils import atomic_group
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
 DICOM_SEG_SUFFIX = ".dcm"
@@ -191,11 +190,13 @@ def _version() -> str:
 
 
 def _write_all(plan, result, case, png, report_data, report_json, t_write, t_all) -> None:
-    """Stage every output under a temporary name, then rename all into place (or none)."""
+    """Stage every output under a temporary name, verify all, then rename all into place (or
+    none): a full disk never leaves a new report next to an old label."""
     from vmambax.data.io import write_label
 
-    with contextlib.ExitStack() as stack:
-        tmp_label = stack.enter_context(atomic_path(plan.label))
+    targets = [plan.label] + ([plan.preview] if png is not None else []) + ([plan.report] if plan.report else [])
+    with atomic_group(targets) as staged:
+        tmp_label = staged[0]
         if plan.dicom_seg:
             write_label(result.label, tmp_label, reference=case.ct_dicom_dir,
                         series_uid=case.ct_series_uid,
@@ -203,13 +204,11 @@ def _write_all(plan, result, case, png, report_data, report_json, t_write, t_all
         else:
             write_label(result.label, tmp_label)
         if png is not None:
-            tmp_png = stack.enter_context(atomic_path(plan.preview))
-            tmp_png.write_bytes(png)
+            staged[1].write_bytes(png)
         if plan.report:
             report_data["timings_s"]["write"] = round(time.perf_counter() - t_write, 4)
             report_data["timings_s"]["total"] = round(time.perf_counter() - t_all, 4)
-            tmp_report = stack.enter_context(atomic_path(plan.report))
-            tmp_report.write_text(report_json(report_data), encoding="utf-8")
+            staged[-1].write_text(report_json(report_data), encoding="utf-8")
     report_data["timings_s"]["write"] = round(time.perf_counter() - t_write, 4)
     report_data["timings_s"]["total"] = round(time.perf_counter() - t_all, 4)
 

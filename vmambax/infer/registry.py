@@ -210,7 +210,12 @@ def download(url: str, dest: Path, sha256: str | None,
                                      f"{response.status_code} from {url}; {manual}")
             total = int(response.headers.get("Content-Length") or 0)
             done = 0
-            with atomic_path(dest) as tmp, open(tmp, "wb") as fh:
+            def read_back(path: Path) -> None:  # the file on disk, not the bytes we streamed
+                if sha256_file(path) != sha256.lower():
+                    raise ValueError("the written file does not match its SHA-256 (a short or "
+                                     "damaged write)")
+
+            with atomic_path(dest, verify=read_back) as tmp, open(tmp, "wb") as fh:
                 for chunk in response.iter_content(chunk_size=_CHUNK):
                     fh.write(chunk)
                     digest.update(chunk)

@@ -32,7 +32,7 @@ from vmambax.model.config import config_overrides, get_config, list_configs
 from vmambax.model.pretrained import safe_torch_load
 from vmambax.model.reference_keys import (from_reference_state_dict, is_reference_state_dict,
                                           reference_layout)
-from vmambax.utils import atomic_path
+from vmambax.utils import atomic_path, torch_save
 
 FORMAT = "vmambax-model"
 FORMAT_VERSION = 1
@@ -82,7 +82,7 @@ def save_model_file(path, model: nn.Module, *, config_name: str, preprocessing: 
     }
     path = Path(os.fspath(path)).expanduser()
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch_save(payload, tmp)
     return path
 
 

@@ -17,24 +17,23 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from vmambax.utils import atomic_path
+from vmambax.utils import atomic_path, torch_save
 
 
 # ---------------------------------------------------------------------------- atomic checkpoints
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint to a temporary file in the target folder, fsync, then rename it.
+    """Write each checkpoint through the write-and-verify helper: a staging file in the target
+    folder, flushed, read back with a weights-only load, then renamed onto the target.
 
     Lightning's own save writes the final file in place, so a crash or a full disk during the
-    save can leave a truncated last.ckpt and nothing to resume from. Loading always uses
+    save can leave a truncated last.ckpt and nothing to resume from; here a failed save is an
+    ``OutputError`` (path, free space) and the previous checkpoint stays. Loading always uses
     ``weights_only=True`` (the engine stores only tensors and plain types).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
+            torch_save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None):
         return torch.load(path, map_location=map_location or (lambda storage, loc: storage),
@@ -70,28 +69,61 @@ class ProgressWriter:
         self.stdout = stdout
         self.rank = rank
         self._file: TextIO | None = None
+        self._failed = False
+        self._started = False
+        self._held: list[dict] = []
         self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:
+        """Write one event. ``warning`` events that come before the run's ``start`` are held and
+        written right after it (each run's events begin with ``start``), or before an ``error``
+        / at close when the run never starts."""
         if self.rank != 0:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
+        if event == "warning" and not self._started:
+            self._held.append(record)
+            return
+        if event != "start":
+            self._flush_held()
+        self._write(record)
+        if event == "start":
+            self._started = True
+            self._flush_held()
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        for record in held:
+            self._write(record)
+
+    def _write(self, record: dict) -> None:
         line = json.dumps(record, default=_json_default, allow_nan=False) + "\n"
         with self._lock:
-            if self.path is not None:
-                if self._file is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._file = open(self.path, "a", encoding="utf-8")
-                self._file.write(line)
-                self._file.flush()
+            if self.path is not None and not self._failed:
+                try:
+                    if self._file is None:
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                        self._file = open(self.path, "a", encoding="utf-8")
+                    self._file.write(line)
+                    self._file.flush()
+                except OSError as exc:
+                    # A full disk must not turn into a second error that hides the first (the
+                    # failed checkpoint save that is being reported): say so once, go on.
+                    self._failed = True
+                    print(f"warning: cannot append to {self.path} ({exc.strerror or exc}); "
+                          "progress events go to the terminal only.", file=sys.stderr)
             if self.stdout:
                 sys.stdout.write(line)
                 sys.stdout.flush()
 
     def close(self) -> None:
+        self._flush_held()
         with self._lock:
             if self._file is not None:
-                self._file.close()
+                try:
+                    self._file.close()
+                except OSError:
+                    pass
                 self._file = None
 
 
@@ -200,6 +232,15 @@ def _round(x: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------------- stop requests
+def last_batch_of_epoch(trainer, pl_module) -> bool:
+    """Did the step that just ended finish the epoch's training batches? (Counted by the module,
+    whose count a resumed run restores; Lightning's batch_idx restarts in a resumed epoch.)"""
+    done = getattr(pl_module, "batches_done", None)
+    total = trainer.num_training_batches
+    return done is not None and isinstance(total, int) and done >= total
+
+
+
 class StopRequest(Callback):
     """Stop cleanly after the current step when a stop file appears or on SIGTERM/SIGINT.
 
@@ -219,6 +260,7 @@ class StopRequest(Callback):
         self.checkpoints = list(checkpoints)
         self.signalled: str | None = None
         self.stopped = False
+        self.cut = False  # stopped inside an epoch (True) or at its last batch (False)
         self.reason: str | None = None
         self.epoch: int | None = None
         self._previous: dict[int, Any] = {}
@@ -252,18 +294,65 @@ class StopRequest(Callback):
         return None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stopped:
+            return
         reason = self._local_reason(trainer)
         if not trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             return
         self.reason = reason or "stop requested on another process"
-        self.epoch = trainer.current_epoch
+        self.stopped = True
+        trainer.should_stop = True
+        if last_batch_of_epoch(trainer, pl_module):
+            # The epoch's training is complete: let its validation and end-of-epoch checkpoints
+            # run as usual (a mid-epoch save here would make the resumed run skip them).
+            self.cut, self.epoch = False, trainer.current_epoch + 1
+            return
+        self.cut, self.epoch = True, trainer.current_epoch
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         for cb in self.checkpoints:
             cb.suspended = True
-        self.stopped = True
-        trainer.should_stop = True
         # Lightning would validate before leaving; skip it, the epoch is incomplete (and the
         # resumed run validates it when the epoch ends).
         trainer.limit_val_batches = 0
         if self.on_stop is not None and trainer.is_global_zero:
             self.on_stop(self.checkpoint_path, trainer.global_step)
+
+
+# ---------------------------------------------------------------------------- timed checkpoints
+class TimedCheckpoint(Callback):
+    """Save ``last.ckpt`` also every ``every_s`` seconds of training, after the step that crosses
+    the interval, so that a kill -9 or a power cut loses at most the interval plus one step
+    (plus one checkpoint write), not a whole epoch (hours on PCLT20K). The save is atomic and
+    verified like every checkpoint, and records the position in the epoch, so ``--resume``
+    continues from the next batch exactly as after a stop request.
+
+    The decision is OR-reduced over ranks (every rank must enter the save together).
+    """
+
+    def __init__(self, path: str | os.PathLike, every_s: float,
+                 on_saved: Callable[[str, int], None] | None = None,
+                 skip: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic):
+        self.path, self.every_s = str(path), float(every_s)
+        self.on_saved, self.skip, self.clock = on_saved, skip, clock
+        self._last = 0.0
+        self.saves = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last = self.clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_s <= 0 or self.skip():  # off, or a stop request just saved it
+            return
+        if last_batch_of_epoch(trainer, pl_module):
+            return  # the end-of-epoch checkpoint follows, after the validation it must not skip
+        due = self.clock() - self._last >= self.every_s
+        if not trainer.strategy.reduce_boolean_decision(due, all=False):
+            return
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._last = self.clock()
+        self.saves += 1
+        if self.on_saved is not None and trainer.is_global_zero:
+            self.on_saved(self.path, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._last = self.clock()  # the end-of-epoch checkpoint restarts the interval

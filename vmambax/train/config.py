@@ -71,6 +71,11 @@ class TrainConfig:
     progress_stdout: bool = False
     progress_every_s: float = 2.0
     stop_file: str | None = None  # None = <out>/STOP
+    # Minutes between mid-epoch saves of last.ckpt (besides the one every epoch); 0 = off. A
+    # kill -9 loses at most this plus one step (README, Training).
+    checkpoint_every: float = 10.0
+    # Training slices with tumour below which the data is refused (too few to learn from).
+    min_positive_slices: int = 8
     progress_bar: bool = True
     stop_after_steps: int | None = None  # testing aid: behave as if STOP appeared after N steps
 
@@ -162,6 +167,11 @@ class TrainConfig:
             need(v is None or (v > 0 and (isinstance(v, int) or v <= 1.0)),
                  f"--{name.replace('_', '-')} must be a count >= 1 or a fraction in (0, 1] (got {v!r}).")
         need(self.progress_every_s >= 0, "progress_every_s must be >= 0.")
+        need(isinstance(self.checkpoint_every, (int, float)) and self.checkpoint_every >= 0,
+             f"--checkpoint-every must be a number of minutes >= 0, 0 = only at epoch ends (got "
+             f"{self.checkpoint_every!r}).")
+        need(isinstance(self.min_positive_slices, int) and self.min_positive_slices >= 1,
+             f"--min-positive-slices must be a whole number >= 1 (got {self.min_positive_slices!r}).")
         if self.pretrained_encoder is not None:
             need(os.path.isfile(self.pretrained_encoder),
                  f"--pretrained-encoder {self.pretrained_encoder!r} does not exist; give the path of a "

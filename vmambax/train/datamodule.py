@@ -9,7 +9,6 @@ here (the reference validated and picked checkpoints on the test list, spec §12
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,44 +38,85 @@ def check_data_path(data: str | Path) -> Path:
     return data
 
 
+def source_key(data: Path, folders, settings: dict) -> str:
+    """A key of the volume cases an export was made from: every file's path, size and mtime, and
+    the export settings. A changed case (re-annotated label, added case) changes the key."""
+    import hashlib
+    import json
+
+    entries = []
+    for case_id, paths in folders:
+        for kind in sorted(paths):
+            p = Path(paths[kind])
+            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            for f in files:
+                st = f.stat()
+                entries.append([case_id, kind, str(f.relative_to(data)), st.st_size, st.st_mtime_ns])
+    blob = json.dumps({"source": str(data.resolve()), "files": entries, "settings": settings},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def export_info(root: Path) -> dict:
+    """The exporter's export.json of a PCLT root ({} when there is none or it is unreadable)."""
+    import json
+
+    try:
+        return json.loads((Path(root) / "export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
 def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: float = 0.1,
                       seed: int = 42, export: bool = True, wait_s: float = 3600.0,
                       image_size: int | None = None,
-                      negatives_per_positive: float = 1.0) -> tuple[Path, str]:
+                      negatives_per_positive: float = 1.0, resumed: bool = False,
+                      notes: list[str] | None = None) -> tuple[Path, str]:
     """Return (PCLT root to train on, kind) where kind is "pclt" or "volumes".
 
-    Volume case folders are exported to ``run_dir/data`` (atomically, by the exporter) the first
-    time; a resumed run reuses that export so its splits cannot change under it. Processes with
-    ``export=False`` (ranks > 0 of a torchrun/SLURM job) wait for rank 0's export instead.
+    Volume case folders are exported to ``run_dir/data`` (atomically, every file verified, by
+    the exporter), keyed to their source (``source_key``: the case files' paths, sizes and
+    mtimes and the export settings, recorded in export.json). A new run re-exports when the key
+    differs, so an export left by a run refused for bad data is never reused once the cases are
+    fixed; a resumed run keeps its export so its splits cannot change under it (with a note in
+    ``notes`` when the source changed since). Processes with ``export=False`` (ranks > 0 of a
+    torchrun/SLURM job) wait for rank 0's export of this key instead.
     """
     data = check_data_path(data)
     if is_pclt_root(data):
         return data, "pclt"
     from vmambax.data import pclt_export
+    from vmambax.data.preprocess import IMAGE_SIZE
 
     try:
-        pclt_export.find_case_folders(data)
+        folders = pclt_export.find_case_folders(data)
     except InputError as exc:
         raise InputError(
             f"{str(data)!r} is not a PCLT20K-layout folder (no train.txt), and as a folder of volume "
             f"cases: {exc} Make synthetic cases with `vmambax phantom --out DIR`.") from None
     exported = Path(run_dir) / "data"
+    size = image_size or IMAGE_SIZE
+    key = source_key(data, folders, {"image_size": size, "val_fraction": val_fraction, "seed": seed,
+                                     "negatives_per_positive": negatives_per_positive})
     if is_pclt_root(exported):
-        return exported, "volumes"
+        if export_info(exported).get("source_key") == key:
+            return exported, "volumes"
+        if resumed:
+            if notes is not None:
+                notes.append(f"the cases in {data} changed since they were exported to {exported}; "
+                             "the resumed run keeps training on that export (start a new run to use "
+                             "the new cases).")
+            return exported, "volumes"
     if not export:
         deadline = time.monotonic() + wait_s
-        while not is_pclt_root(exported):
+        while not (is_pclt_root(exported) and export_info(exported).get("source_key") == key):
             if time.monotonic() > deadline:
                 raise InputError(f"timed out waiting for rank 0 to export the cases into {exported}.")
             time.sleep(2.0)
         return exported, "volumes"
-    from vmambax.data.preprocess import IMAGE_SIZE
-
-    summary = pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed,
-                                              size=image_size or IMAGE_SIZE,
-                                              negatives_per_positive=negatives_per_positive)
-    for warning in summary.warnings:  # e.g. how a label.dcm was read; also kept in export.json
-        print(f"warning: {warning}", file=sys.stderr)
+    pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed, size=size,
+                                    negatives_per_positive=negatives_per_positive, overwrite=True,
+                                    extra_info={"source": str(data.resolve()), "source_key": key})
     return exported, "volumes"
 
 
@@ -92,6 +132,47 @@ def load_splits(root: Path, *, val_fraction: float = 0.1, seed: int = 42) -> tup
         raise InputError(f"the validation split of {str(root)!r} is empty; add val.txt or more "
                          "patients to train.txt so a patient-level validation split can be carved.")
     return train, val
+
+
+#: Default least number of training slices with tumour (``--min-positive-slices``): one batch of
+#: the paper recipe (8). Below that nearly every batch is tumour-free, the Dice term has nothing
+#: to fit and the network learns to answer "no tumour" everywhere; an all-empty set is refused
+#: whatever the minimum, since it cannot teach a segmentation at all.
+MIN_POSITIVE_SLICES = 8
+
+
+def _has_tumour(ds, index: int) -> bool:
+    root, ids = getattr(ds, "root", None), getattr(ds, "ids", None)
+    if root is not None and ids is not None:  # a PCLT reader: the mask PNG alone (~2 ms at 512)
+        from vmambax.data.pclt import read_png, sample_path
+
+        return bool((read_png(sample_path(root, ids[index], "mask")) >= 128).any())
+    return bool(np.asarray(ds[index]["mask"]).any())
+
+
+def check_positive_slices(ds, minimum: int = MIN_POSITIVE_SLICES, where: str = "") -> int:
+    """Refuse a training split without enough slices with tumour; returns the count found.
+
+    Masks are read until ``minimum`` positives are found (PCLT20K: the first few), all of them
+    only when the split is refused, so the message can give the counts."""
+    found = 0
+    for i in range(len(ds)):
+        found += _has_tumour(ds, i)
+        if found >= minimum:
+            return found
+    ids = [str(i) for i in getattr(ds, "ids", [])]
+    patients = len({i.split("_", 1)[0] for i in ids}) if ids else None
+    of = f"of {len(ds)} training slices" + (f" from {patients} patient(s)" if patients else "")
+    place = f" in {where}" if where else ""
+    if found == 0:
+        raise InputError(
+            f"every training label{place} is empty: 0 {of} show tumour, so there is nothing to "
+            "learn. Check that the labels hold the tumour (label.nii.gz voxels 1, *_mask.png "
+            "pixels 255) and belong to these images.")
+    raise InputError(
+        f"too few training slices with tumour{place}: {found} {of}; at least {minimum} are needed "
+        "to learn from. Add annotated cases, export more slices per case, or lower "
+        "--min-positive-slices (e.g. for a smoke test).")
 
 
 def slice_size(ds) -> int:
@@ -173,9 +254,14 @@ class SliceDataModule(pl.LightningDataModule):
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
 
     def _loader(self, ds, sampler, batch_size, drop_last):
+        # Each new iterator draws its workers' base seed from ``generator``; without one it
+        # draws from the global torch RNG, which the model's drop-path also uses. A resumed run
+        # creates one iterator more than an uninterrupted one (for the cut epoch), so that draw
+        # shifted every later drop-path mask: resume was not bit-exact (max |dw| ~2e-4). Samples
+        # are seeded per (seed, epoch, index) anyway, so the workers' base seed matters nowhere.
         return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=False)
+                          persistent_workers=False, generator=torch.Generator().manual_seed(self.seed))
 
     def train_dataloader(self):
         rank, world = self._rank_world()

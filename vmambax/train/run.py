@@ -1,7 +1,8 @@
 """``train(cfg)``: the one entry point of ``vmambax train`` and the Slicer training module.
 
 Outputs in ``cfg.out`` (RUN_DIR):
-  checkpoints/last.ckpt         every epoch and on a stop request (atomic; resume from it)
+  checkpoints/last.ckpt         every epoch, every --checkpoint-every minutes and on a stop
+                                request (staged, verified, renamed; resume from it)
   checkpoints/best-*.ckpt       best validation micro Dice so far
   model.pt                      the inference model file (from the best checkpoint)
   progress.jsonl                JSON-lines progress (schema in docs/ARCHITECTURE.md)
@@ -167,11 +168,22 @@ def _check_config_name(cfg: TrainConfig) -> None:
     get_config(cfg.config, **cfg.config_overrides)  # ConfigError with the known names
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
+def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> list[Path]:
+    """Check and create RUN_DIR; remove the staging files a killed run (kill -9, power cut) left
+    behind (``.last.<random>.tmp.ckpt``, ``.model.<random>.tmp.pt``, ``.data.<random>.tmp``).
+    Rank 0 only, before training starts: no save of ours can be in flight. Returns them."""
+    from vmambax.utils import remove_stale_staging
+
     if resume is None and cfg.last_checkpoint.exists():
         raise ConfigError(f"{cfg.out} already holds a training run ({cfg.last_checkpoint}); continue "
                           "it with --resume, or choose a new --out folder.")
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from vmambax.utils import output_error
+
+        raise output_error(cfg.out_dir, exc) from None
+    return [p for d in (cfg.out_dir, cfg.checkpoint_dir) for p in remove_stale_staging(d)]
 
 
 # ---------------------------------------------------------------------------- train
@@ -204,12 +216,16 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
 
     rank = global_rank_from_env(devices)
     check_data_path(cfg.data)
+    stale: list[Path] = []
     if rank == 0:
-        _prepare_run_dir(cfg, resume)
+        stale = _prepare_run_dir(cfg, resume)
         if cfg.stop_path.exists():
             cfg.stop_path.unlink()  # a stale request from the run we are resuming
     # The stream is append-only: a resumed run continues it; each run begins with "start".
     writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank)
+    if stale:
+        _warn(writer, f"removed {len(stale)} unfinished file(s) an interrupted run left in "
+                      f"{cfg.out_dir}: {', '.join(p.name for p in stale)}")
     try:
         run = _Run(cfg, writer, rank=rank, accel=accel, precision=precision, devices=devices,
                    nodes=nodes, world=world, sync_bn=sync_bn)
@@ -224,11 +240,24 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         if clean is exc:
             raise
         raise clean from None
+    except OSError as exc:  # a full disk / no permission outside our own writers (e.g. logs/)
+        from vmambax.utils import output_error
+
+        error = output_error(exc.filename or cfg.out_dir, exc)
+        writer.emit("error", message=str(error))
+        raise error from None
     except BaseException as exc:
         writer.emit("error", message=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         writer.close()
+
+
+def _warn(writer, message: str, rank: int = 0) -> None:
+    """A warning the user must see: on stderr and as a ``warning`` event in the stream."""
+    if rank == 0:
+        print(f"warning: {message}", file=sys.stderr)
+        writer.emit("warning", message=message)
 
 
 def _without_worker_traceback(exc: VMambaXError) -> VMambaXError:
@@ -253,13 +282,21 @@ class _Run:
         self.devices, self.nodes, self.world, self.sync_bn = devices, nodes, world, sync_bn
 
     def _data(self):
-        from vmambax.train.datamodule import SliceDataModule, load_splits, prepare_data_root, slice_size, split_summary
+        from vmambax.train.datamodule import (SliceDataModule, check_positive_slices, export_info,
+                                              load_splits, prepare_data_root, slice_size, split_summary)
 
         cfg = self.cfg
+        notes: list[str] = []
         root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
                                        export=self.rank == 0, image_size=cfg.image_size,
-                                       negatives_per_positive=cfg.negatives_per_positive)
+                                       negatives_per_positive=cfg.negatives_per_positive,
+                                       resumed=bool(cfg.resume), notes=notes)
+        if kind == "volumes":  # the exporter's warnings (PET coverage, ...), on every run
+            notes = [f"exporting the cases: {w}" for w in export_info(root).get("warnings", [])] + notes
+        for note in notes:
+            _warn(self.writer, note, rank=self.rank)
         train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        check_positive_slices(train_src, cfg.min_positive_slices, str(root))
         self.size = slice_size(train_src)
         if cfg.crop_size is not None and cfg.crop_size > self.size:
             raise ConfigError(f"--crop-size {cfg.crop_size} is larger than the {self.size}x{self.size} "
@@ -275,7 +312,7 @@ class _Run:
         return dm
 
     def _callbacks(self) -> list:
-        from vmambax.train.callbacks import ProgressStream, RunCheckpoint, StopRequest
+        from vmambax.train.callbacks import ProgressStream, RunCheckpoint, StopRequest, TimedCheckpoint
 
         cfg, writer = self.cfg, self.writer
 
@@ -294,12 +331,16 @@ class _Run:
             cfg.stop_path, cfg.last_checkpoint, after_steps=cfg.stop_after_steps,
             checkpoints=[self.best_cb, self.last_cb],
             on_stop=lambda path, step: writer.emit("checkpoint", path=str(path), step=step))
+        self.timed_cb = TimedCheckpoint(
+            cfg.last_checkpoint, cfg.checkpoint_every * 60.0, skip=lambda: self.stop_cb.stopped,
+            on_saved=lambda path, step: writer.emit("checkpoint", path=str(path), step=step,
+                                                    reason="interval"))
         progress = ProgressStream(writer, every_s=cfg.progress_every_s,
-                                  stopping=lambda: self.stop_cb.stopped, start_info={
+                                  stopping=lambda: self.stop_cb.stopped and self.stop_cb.cut, start_info={
                                       "config": cfg.config, "data": self.data_info,
                                       "precision": self.precision, "accelerator": self.accel,
                                       "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
-        return [progress, self.stop_cb]
+        return [progress, self.stop_cb, self.timed_cb]
 
     def fit(self, model, param_groups_fn, extra_callbacks, resume: Path | None) -> None:
         import pytorch_lightning as pl
