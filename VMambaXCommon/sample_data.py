@@ -3,7 +3,7 @@
 Slicer's SampleData downloads files; a source may instead carry a ``customDownloader``, a Python
 callable that the module's button calls with the source (SampleData.py: the category buttons
 call ``source.customDownloader(source)`` when it is set). VMambaX uses that: pressing the button
-builds a synthetic thorax PET/CT (``vmambax.data.phantom``, deterministic by seed, a few seconds
+builds a synthetic thorax PET/CT (``vmambax.phantom``, deterministic by seed, a few seconds
 on a CPU) and adds the CT (HU) and the PET (body-weight SUV) to the scene, so a new user can
 press Segment Tumor at once. Nothing is downloaded or written to disk.
 
@@ -47,7 +47,7 @@ def add_phantom_sample(scene, seed: int = SEED, size: int = SIZE, n_slices: int 
     """
     import slicer
 
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
     from VMambaXCommon.mrml_sitk import add_volume_node_from_image
 
     phantom = make_phantom(seed=seed, size=size, n_slices=n_slices)

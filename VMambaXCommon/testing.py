@@ -10,13 +10,13 @@ from VMambaXCommon.mrml_sitk import add_volume_node_from_image, ijk_to_ras, orie
 
 def add_phantom_case(scene, seed: int = 1, size: int = 128, n_slices: int | None = 24,
                      pet_units: str = "suv", segmentation: bool = False, prefix: str = ""):
-    """Add a phantom patient (``vmambax.data.phantom``) to ``scene``.
+    """Add a phantom patient (``vmambax.phantom``) to ``scene``.
 
     Returns ``(ct_node, pet_node, phantom, segmentation_node or None)``; the PET is in SUV or,
     with ``pet_units="bqml"``, in Bq/mL (then its SUV factor is ``phantom.suv_factor``). With
     ``segmentation`` the true tumour label is added as a segmentation with a "tumour" segment.
     """
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     phantom = make_phantom(seed=seed, size=size, n_slices=n_slices)
     ct = add_volume_node_from_image(scene, phantom.ct, f"{prefix}CT")

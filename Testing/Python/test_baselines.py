@@ -77,7 +77,7 @@ def test_segment_pet_on_a_reference_grid():
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     out = tmp_path_factory.mktemp("cases")
     return write_case(make_phantom(11, size=64, n_slices=20), out, "c1")

@@ -26,7 +26,7 @@ SHARD_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> Path:
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     root = tmp_path_factory.mktemp("cohort") / "cases"
     for i, case_id in enumerate(IDS):

@@ -54,7 +54,7 @@ def test_fill_clips_polygons_at_the_image_border():
 # --------------------------------------------------------------------- synthetic RTSTRUCTs
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory):
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     phantom = make_phantom(seed=1, size=128, n_slices=8)
     folder = write_case(phantom, tmp_path_factory.mktemp("cases"), "rt-case")

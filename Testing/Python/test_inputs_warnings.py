@@ -18,7 +18,7 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     root = tmp_path_factory.mktemp("cases")
     phantom = make_phantom(3, size=SIZE, n_slices=6)

@@ -31,7 +31,7 @@ class HotSpotNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def body():
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     return make_phantom(4, size=SIZE, whole_body=True, n_tumours=2, n_slices=120)
 
@@ -41,7 +41,7 @@ def _axial(image):
 
 
 def test_whole_body_phantom_spans_head_to_thigh_with_the_thorax_inside(body):
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     ct, spacing = _axial(body.ct)
     extent = ct.shape[0] * spacing[0]
@@ -128,7 +128,7 @@ def test_ct_without_lungs_is_a_clear_error_unless_all_slices():
 
 def test_cli_reports_slices_run_and_all_slices_flag(tmp_path, capsys):
     from vmambax.cli import main
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
     from vmambax.data.preprocess import preprocessing_info
     from vmambax.model import build_model
     from vmambax.model.checkpoint import save_model_file

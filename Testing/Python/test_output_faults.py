@@ -35,7 +35,7 @@ SIZE = 128
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     phantom = make_phantom(3, size=SIZE, n_slices=4)
     return Path(write_case(phantom, tmp_path_factory.mktemp("cases"), "p3", dicom=False))
@@ -146,7 +146,7 @@ def test_oserror_on_rename_names_path_free_space_and_fix(tmp_path, monkeypatch, 
 
 
 def test_atomic_dir_refuses_a_folder_with_a_truncated_file(tmp_path, monkeypatch):
-    from vmambax.data.phantom import make_phantom, write_case
+    from vmambax.phantom import make_phantom, write_case
 
     phantom = make_phantom(4, size=64, n_slices=3)
     write_case(phantom, tmp_path, "c1", dicom=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vmambax.cli import main
-from vmambax.data.phantom import make_phantom, write_case
+from vmambax.phantom import make_phantom, write_case
 from vmambax.errors import ConfigError, InputError
 
 sitk = pytest.importorskip("SimpleITK")

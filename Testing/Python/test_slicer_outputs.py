@@ -36,7 +36,7 @@ class BlockSegmenter:
 
 @pytest.fixture(scope="module")
 def phantoms():
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     return make_phantom(seed=4, size=64, n_slices=8), make_phantom(seed=5, size=48, n_slices=6)
 

@@ -47,7 +47,7 @@ def _bqml_tags(phantom):
 
 @pytest.fixture(scope="module")
 def phantom():
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     return make_phantom(seed=4, size=64, n_slices=8)
 

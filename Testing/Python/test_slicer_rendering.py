@@ -38,7 +38,7 @@ def render_script():
 def rendered_scene(render_script):
     import slicer
 
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
     from VMambaXCommon import sample_data
     from VMambaXCommon.mrml_sitk import ijk_to_ras, oriented_image_from_array
 

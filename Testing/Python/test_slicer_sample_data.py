@@ -19,7 +19,7 @@ import SimpleITK as sitk
 import slicer  # slicer-core
 from PIL import Image
 
-from vmambax.data.phantom import make_phantom
+from vmambax.phantom import make_phantom
 from vmambax.data.suv import check_suv_plausible
 from VMambaXCommon import sample_data
 from VMambaXCommon.mrml_sitk import volume_node_to_image

@@ -332,7 +332,7 @@ def test_failure_while_writing_removes_created_nodes(phantom_scene):
 def test_only_the_lung_field_runs_unless_all_slices(tmp_path, model_file):
     """A whole-body CT: the logic runs the slices around the lungs, says so in the summary and on
     the segmentation; allSlices=True runs every slice."""
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
 
     scene = slicer.vtkMRMLScene()
     body = make_phantom(4, size=SIZE, whole_body=True, n_tumours=1, n_slices=60)

@@ -37,7 +37,7 @@ def benchmark(model="default", config=None, size=512, slices=300, seed=4, device
               threads=None, batch=None, sample=0, log=print) -> dict:
     import SimpleITK as sitk
 
-    from vmambax.data.phantom import make_phantom
+    from vmambax.phantom import make_phantom
     from vmambax.infer.segmenter import Segmenter
 
     t = time.perf_counter()

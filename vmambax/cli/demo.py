@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from vmambax import baselines
     from vmambax.cli.messages import print_warnings
     from vmambax.cli.segment import print_summary, progress_bar
-    from vmambax.data.phantom import default_case_id, make_phantom, write_case
+    from vmambax.phantom import default_case_id, make_phantom, write_case
     from vmambax.infer.pipeline import segment_files
     from vmambax.infer.segmenter import Segmenter
 

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from vmambax.data.phantom import default_case_id, make_phantom, save_preview, write_case
+    from vmambax.phantom import default_case_id, make_phantom, save_preview, write_case
     from vmambax.errors import ConfigError, InputError
 
     if args.cases < 1 or args.cases > 10000:

@@ -11,7 +11,7 @@ Modules (see docs/ARCHITECTURE.md, "Data"):
 * ``patient``     same patient / study / frame of reference from the DICOM identity tags
 * ``preprocess``  the ONE preprocessing used by training export and inference
 * ``pclt``        PCLT20K reader and splits; ``pclt_export``: volumes -> PCLT20K layout
-* ``phantom``     synthetic PET/CT cases (separate module)
+Synthetic PET/CT cases are a package of their own, ``vmambax.phantom``, built on this layer.
 """
 
 from vmambax.data.case import PetCtCase, load_pet_ct, make_case

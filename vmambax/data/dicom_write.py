@@ -107,7 +107,7 @@ def _base_dataset(study: StudyInfo, sop_class: str, sop_uid: str, modality: str,
     ds.ContentDate, ds.ContentTime = _date(series_time), _time(series_time)
     ds.FrameOfReferenceUID = study.frame_of_reference_uid
     ds.PositionReferenceIndicator = ""
-    ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, "vmambax.data.phantom"
+    ds.Manufacturer, ds.ManufacturerModelName = MANUFACTURER, "vmambax.phantom"
     ds.PatientPosition = "HFS"  # head first supine; patient (LPS) coordinates do not depend on it
     ds.BodyPartExamined = "CHEST"
     ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]

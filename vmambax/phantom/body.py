@@ -2,7 +2,7 @@
 
 A whole-body FDG PET/CT runs from the skull to mid-thigh (250-400 axial slices), of which the
 thorax is about a third. These layers are painted after the thorax anatomy
-(``phantom_anatomy``), in the same anatomy coordinates (z = 0 at the right diaphragm dome), and
+(``vmambax.phantom.anatomy``), in the same anatomy coordinates (z = 0 at the right diaphragm dome), and
 only when ``make_phantom(whole_body=True)``: thorax phantoms stay exactly as they were.
 
 What matters for VMambaX: the FDG-avid structures outside the chest a lung-tumour model must
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from vmambax.data.phantom_anatomy import (ABDOMEN, BONE, BOWEL_AIR, FAT, KIDNEY, MUSCLE, TABLE,
+from vmambax.phantom.anatomy import (ABDOMEN, BONE, BOWEL_AIR, FAT, KIDNEY, MUSCLE, TABLE,
                                           Patient)
-from vmambax.data.phantom_shapes import Layer, ellipse2d, ellipsoid
+from vmambax.phantom.shapes import Layer, ellipse2d, ellipsoid
 
 BRAIN, BLADDER, OUTSIDE = 24, 25, 0
 

@@ -5,7 +5,7 @@ an FDG PET on its own coarser grid (~4 mm, different origin and field of view) i
 and the tumour label on the CT grid. ``write_case`` writes the volume case folder of
 docs/ARCHITECTURE.md (NIfTI + CT/PET DICOM series + case.json) atomically.
 
-The anatomy (vmambax.data.phantom_anatomy) and lesions (phantom_lesions) are analytic, in mm, so
+The anatomy (vmambax.phantom.anatomy) and lesions (vmambax.phantom.lesions) are analytic, in mm, so
 CT, PET and label are renderings of the same patient: the label is exactly the set of CT voxels
 the tumours were painted into, and the PET activity comes from the same tumour shapes.
 PET forward model: activity on a half-voxel working grid -> 6 mm FWHM Gaussian PSF -> voxel
@@ -48,7 +48,7 @@ class Phantom:
     suv_factor: float  # SUV = Bq/mL * suv_factor
     lesions: list = field(default_factory=list)
     confounders: list = field(default_factory=list)
-    patient: object = None  # phantom_anatomy.Patient
+    patient: object = None  # vmambax.phantom.anatomy.Patient
 
     @property
     def uptake_s(self) -> float:
@@ -82,14 +82,14 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     (default 200-250 mm at 2.5-3.3 mm slices; giving ``n_slices`` keeps the extent and thickens the
     slices). ``n_tumours``: an int or an inclusive (min, max) range. The anatomy and tumours depend
     only on ``seed``, not on ``size``/``n_slices``. ``whole_body``: a head-to-thigh study
-    (``phantom_body``: ~1 m, 300+ slices at the default thickness) with the same thorax inside;
+    (``vmambax.phantom.body``: ~1 m, 300+ slices at the default thickness) with the same thorax inside;
     ``extent_mm`` then defaults to the whole body.
     """
     import SimpleITK as sitk
 
-    from vmambax.data import phantom_anatomy as anat
-    from vmambax.data.phantom_lesions import place_confounders, place_tumours
-    from vmambax.data.phantom_shapes import Grid, paint
+    from vmambax.phantom import anatomy as anat
+    from vmambax.phantom.lesions import place_confounders, place_tumours
+    from vmambax.phantom.shapes import Grid, paint
 
     seed, size, n_slices, extent_mm, t_range = _validate(seed, size, n_slices, extent_mm, n_tumours,
                                                           whole_body)
@@ -106,7 +106,7 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     below = float(r_grid.uniform(35.0, 55.0))  # CT starts this far below the right dome
     marks = None
     if whole_body:
-        from vmambax.data import phantom_body
+        from vmambax.phantom import body as phantom_body
 
         marks = phantom_body.landmarks(p, r_body)
         bottom, top = phantom_body.extent(p, marks)
@@ -219,7 +219,7 @@ def _render_pet(pet_grid, layers, p, rng) -> np.ndarray:
     """Activity (SUV) on a half-voxel working grid over the body, PSF blur, voxel integration, noise."""
     from scipy import ndimage
 
-    from vmambax.data.phantom_shapes import Grid, paint, smooth_noise
+    from vmambax.phantom.shapes import Grid, paint, smooth_noise
 
     ps, pz = pet_grid.spacing[0], pet_grid.spacing[2]
     # PET voxels covering the body (with room for the PSF tails); outside it the activity is 0
@@ -250,7 +250,7 @@ def _to_patient(c, z_offset) -> list[float]:
 
 
 def _lesion_info(tumours, owner, ct_grid, suv, pet_grid, z_offset) -> list[dict]:
-    from vmambax.data.phantom_anatomy import TUMOUR_BASE
+    from vmambax.phantom.anatomy import TUMOUR_BASE
 
     vox_ml = float(np.prod(ct_grid.spacing)) / 1000.0
     out = []

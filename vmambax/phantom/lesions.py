@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vmambax.data.phantom_anatomy import BROWN_FAT, FAT, LUNG, MED_FAT, MUSCLE, NODE, TUMOUR_BASE, VESSEL, Patient
-from vmambax.data.phantom_shapes import Layer, Waves, ellipsoid, smin, smoothstep
+from vmambax.phantom.anatomy import BROWN_FAT, FAT, LUNG, MED_FAT, MUSCLE, NODE, TUMOUR_BASE, VESSEL, Patient
+from vmambax.phantom.shapes import Layer, Waves, ellipsoid, smin, smoothstep
 
 # A tumour may fill lung (and its vessels), mediastinal fat and earlier tumours, never bone or organs.
 TUMOUR_SPACE = frozenset({LUNG, VESSEL, MED_FAT})

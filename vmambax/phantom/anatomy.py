@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vmambax.data.phantom_shapes import (
+from vmambax.phantom.shapes import (
     FAR, Layer, Union, Waves, capsule_dist, ellipse2d, ellipsoid, polyline_bbox, smoothstep, tube)
 
 # Layer owner ids (the CT painter's owner map uses them; tumours are TUMOUR_BASE + index).
