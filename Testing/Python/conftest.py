@@ -40,3 +40,18 @@ def one_cpu_thread():
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", "1")
         yield
+
+
+@pytest.fixture(scope="session")
+def nano_file(tmp_path_factory):
+    """A random-init vmambax-nano model file at 128 px, shared by the command-line tests (the
+    shipped demo model is not needed to test plumbing; its numbers are tested on its own)."""
+    from vmambax.data.preprocess import preprocessing_info
+    from vmambax.model import build_model
+    from vmambax.model.checkpoint import save_model_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "nano.pt"
+    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
+                    preprocessing=preprocessing_info(128), metadata={"note": "random init"})
+    return path

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from vmambax.cli import main
 
@@ -36,19 +35,6 @@ def cases(tmp_path_factory) -> Path:
     pet = root / "p3" / "pet.nii.gz"
     pet.write_bytes(pet.read_bytes()[:2000])
     return root
-
-
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory) -> Path:
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(SIZE), metadata={"note": "random init"})
-    return path
 
 
 @pytest.fixture(scope="module")

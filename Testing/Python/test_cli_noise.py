@@ -15,8 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from dicom_helpers import pet_tags, write_series
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,19 +26,6 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default")
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory):
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(128), metadata={"note": "random init"})
-    return path
 
 
 _PROBE = textwrap.dedent("""

@@ -25,20 +25,6 @@ def case(tmp_path_factory):
     return Path(write_case(phantom, root, "p3"))
 
 
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory):
-    """A random-init nano model file at 128 px (the shipped demo model is not needed)."""
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(SIZE), metadata={"note": "random init"})
-    return path
-
-
 def _segment(case, out, model, *extra):
     return main(["segment", "--ct", str(case / "ct.nii.gz"), "--pet", str(case / "pet.nii.gz"),
                  "-o", str(out / "label.nii.gz"), "--model", str(model), "--device", "cpu",

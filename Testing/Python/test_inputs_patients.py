@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from dicom_helpers import pet_tags, write_series
 
 from vmambax.cli import main
@@ -119,19 +118,6 @@ def test_folder_with_two_pet_series_asks_for_pet_series(tmp_path):
 
 
 # -- the command line ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory):
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(128), metadata={"note": "random init"})
-    return path
-
-
 def test_cli_segment_and_baseline_refuse_another_patient(tmp_path, nano_file, capsys,
                                                          one_cpu_thread):
     write_study(tmp_path / "s", pet_patient="OTHER042")

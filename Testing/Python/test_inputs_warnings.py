@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from vmambax.cli import main
 from vmambax.data.case import make_case
@@ -30,19 +29,6 @@ def case(tmp_path_factory):
                          sitk.sitkFloat32)
     sitk.WriteImage(part, str(folder / "pet_part.nii.gz"))
     return folder, ct, pet
-
-
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory):
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(SIZE), metadata={"note": "random init"})
-    return path
 
 
 def _warnings(err: str) -> list[str]:

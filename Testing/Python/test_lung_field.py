@@ -126,17 +126,11 @@ def test_ct_without_lungs_is_a_clear_error_unless_all_slices():
     assert result.n_slices_run == z
 
 
-def test_cli_reports_slices_run_and_all_slices_flag(tmp_path, capsys):
+def test_cli_reports_slices_run_and_all_slices_flag(tmp_path, capsys, nano_file):
     from vmambax.cli import main
     from vmambax.phantom import make_phantom
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
 
-    torch.manual_seed(0)
-    model = save_model_file(tmp_path / "nano.pt", build_model("vmambax-nano"),
-                            config_name="vmambax-nano", preprocessing=preprocessing_info(128),
-                            metadata={"note": "random init"})
+    model = nano_file
     body = make_phantom(5, size=SIZE, whole_body=True, n_tumours=1, n_slices=50)
     sitk.WriteImage(body.ct, str(tmp_path / "ct.nii.gz"))
     sitk.WriteImage(body.pet_suv, str(tmp_path / "pet.nii.gz"))

@@ -31,19 +31,6 @@ def _ct(shape=(6, 20, 20)):
     return _image(hu)
 
 
-@pytest.fixture(scope="module")
-def nano_file(tmp_path_factory):
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("models") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=preprocessing_info(SIZE), metadata={"note": "random init"})
-    return path
-
-
 @pytest.fixture
 def dirs(tmp_path, monkeypatch, nano_file):
     """A shipped registry with one good default model, and an isolated user folder."""
