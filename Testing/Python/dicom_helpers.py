@@ -15,6 +15,25 @@ CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 
 
+# A small CT (lung-like, with a soft-tissue block) and a Bq/mL PET on their own grids.
+Z, Y, X = 6, 24, 20
+CT_SPACING, PET_SPACING = (0.9, 0.9, 2.0), (2.0, 2.0, 3.0)
+
+
+def ct_volume():
+    rng = np.random.default_rng(0)
+    hu = np.full((Z, Y, X), -850.0) + rng.normal(0, 20, (Z, Y, X))
+    hu[:, :, :4] = -1000
+    hu[:, 8:16, 6:14] = 40.0
+    return np.round(hu)
+
+
+def pet_volume():
+    bq = np.full((4, 12, 10), 4000.0)
+    bq[1:3, 4:8, 3:7] = 30000.0
+    return bq
+
+
 def pet_tags(weight=72.5, dose_bq=3.7e8, half_life=6586.2, injection="093000.00",
              series_time="103000.00", acquisition_time=None, date="20240315",
              decay="START", units="BQML", corrected="ATTN\\DECY", manufacturer="ACME"):

@@ -6,30 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_helpers import pet_tags, write_series
+from dicom_helpers import CT_SPACING, PET_SPACING, X, Y, Z, ct_volume, pet_tags, pet_volume, write_series
 
 from vmambax.data.case import load_pet_ct
 from vmambax.data.dicom import find_series
 from vmambax.data.io import read_image, read_pet_info, write_label
 from vmambax.errors import InputError
-
-Z, Y, X = 6, 24, 20
-CT_SPACING, PET_SPACING = (0.9, 0.9, 2.0), (2.0, 2.0, 3.0)
-
-
-def ct_volume():
-    rng = np.random.default_rng(0)
-    hu = np.full((Z, Y, X), -850.0) + rng.normal(0, 20, (Z, Y, X))
-    hu[:, :, :4] = -1000
-    hu[:, 8:16, 6:14] = 40.0
-    return np.round(hu)
-
-
-def pet_volume():
-    bq = np.full((4, 12, 10), 4000.0)
-    bq[1:3, 4:8, 3:7] = 30000.0
-    return bq
-
 
 @pytest.fixture
 def study(tmp_path):

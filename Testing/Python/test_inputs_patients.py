@@ -7,32 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from dicom_helpers import pet_tags, write_series
+from dicom_helpers import CT_SPACING, PET_SPACING, ct_volume, pet_tags, pet_volume, write_series
 
 from vmambax.cli import main
 from vmambax.data.case import load_pet_ct
 from vmambax.data.patient import DifferentPatientsError, check_same_patient
 from vmambax.errors import InputError
-
-Z, Y, X = 6, 24, 20
-CT_SPACING, PET_SPACING = (0.9, 0.9, 2.0), (2.0, 2.0, 3.0)
-
-
-def ct_volume():
-    rng = np.random.default_rng(0)
-    hu = np.full((Z, Y, X), -850.0) + rng.normal(0, 20, (Z, Y, X))
-    hu[:, :, :4] = -1000
-    hu[:, 8:16, 6:14] = 40.0
-    return np.round(hu)
-
-
-def pet_volume():
-    bq = np.full((4, 12, 10), 4000.0)
-    bq[1:3, 4:8, 3:7] = 30000.0
-    return bq
-
 
 def write_study(root: Path, *, pet_patient="TEST001", same_study=True, same_frame=True,
                 ct_extra: dict | None = None) -> dict:
