@@ -99,3 +99,16 @@ def label_surface(label_array, ijk_to_ras_matrix):
     surface.DeepCopy(temp.GetSegment(segment_id).GetRepresentation(
         slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
     return surface
+
+
+def phantom_pet_tags(phantom) -> dict:
+    """The DICOM SUV tags a scanner would write for a phantom's Bq/mL PET (what Slicer's DICOM
+    database returns for it), as a plain dict."""
+    return {"Units": "BQML", "DecayCorrection": "START", "CorrectedImage": ["ATTN", "DECY"],
+            "PatientWeight": phantom.weight_kg, "RadionuclideTotalDose": phantom.dose_bq,
+            "RadionuclideHalfLife": 6586.2,
+            "RadiopharmaceuticalStartDateTime": phantom.injection_time.strftime("%Y%m%d%H%M%S.%f"),
+            "SeriesDate": phantom.acquisition_time.strftime("%Y%m%d"),
+            "SeriesTime": phantom.acquisition_time.strftime("%H%M%S.%f"),
+            "AcquisitionDate": phantom.acquisition_time.strftime("%Y%m%d"),
+            "AcquisitionTime": phantom.acquisition_time.strftime("%H%M%S.%f")}

@@ -27,14 +27,9 @@ def scene_case():
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    path = tmp_path_factory.mktemp("model") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano").eval(), config_name="vmambax-nano",
-                    preprocessing={"image_size": SIZE}, metadata={"purpose": "slicer tests"})
-    return str(path)
+def model_file(nano_file):
+    """The shared random-init nano model file (128 px), as the path string Slicer code gets."""
+    return str(nano_file)
 
 
 def test_other_patient_is_refused_and_changes_nothing(scene_case):

@@ -21,6 +21,7 @@ from vmambax.data.suv import check_suv_plausible
 from vmambax.errors import InputError
 from VMambaXCommon.pet import pet_node_to_suv
 from VMambaXCommon.mrml_sitk import add_volume_node_from_image
+from VMambaXCommon.testing import phantom_pet_tags as _bqml_tags
 from VMambaXSegmentLib.logic import SegmentOutput, VMambaXSegmentLogic
 
 SUVBW_UNITS = ("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
@@ -33,16 +34,6 @@ def _coded(value, scheme, meaning):
     return entry
 
 
-def _bqml_tags(phantom):
-    """The SUV tags of the phantom's Bq/mL files (what Slicer's DICOM database returns)."""
-    return {"Units": "BQML", "DecayCorrection": "START", "CorrectedImage": ["ATTN", "DECY"],
-            "PatientWeight": phantom.weight_kg, "RadionuclideTotalDose": phantom.dose_bq,
-            "RadionuclideHalfLife": 6586.2,
-            "RadiopharmaceuticalStartDateTime": phantom.injection_time.strftime("%Y%m%d%H%M%S.%f"),
-            "SeriesDate": phantom.acquisition_time.strftime("%Y%m%d"),
-            "SeriesTime": phantom.acquisition_time.strftime("%H%M%S.%f"),
-            "AcquisitionDate": phantom.acquisition_time.strftime("%Y%m%d"),
-            "AcquisitionTime": phantom.acquisition_time.strftime("%H%M%S.%f")}
 
 
 @pytest.fixture(scope="module")

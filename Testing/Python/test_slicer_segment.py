@@ -22,7 +22,7 @@ from VMambaXCommon import mrml_sitk  # noqa: E402
 from VMambaXSegmentLib import scene_output  # noqa: E402
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
 from VMambaXCommon.pet import pet_to_suv  # noqa: E402
-from VMambaXCommon.testing import add_phantom_case  # noqa: E402
+from VMambaXCommon.testing import add_phantom_case, phantom_pet_tags as _phantom_tags  # noqa: E402
 
 SIZE = 128
 N_SLICES = 12
@@ -41,28 +41,10 @@ def _oblique_image(dtype=np.int16):
     return image
 
 
-def _phantom_tags(phantom):
-    """The DICOM SUV tags a scanner would write for this phantom's Bq/mL PET."""
-    return {"Units": "BQML", "DecayCorrection": "START", "CorrectedImage": ["ATTN", "DECY"],
-            "PatientWeight": phantom.weight_kg, "RadionuclideTotalDose": phantom.dose_bq,
-            "RadionuclideHalfLife": 6586.2,
-            "RadiopharmaceuticalStartDateTime": phantom.injection_time.strftime("%Y%m%d%H%M%S.%f"),
-            "SeriesDate": phantom.acquisition_time.strftime("%Y%m%d"),
-            "SeriesTime": phantom.acquisition_time.strftime("%H%M%S.%f"),
-            "AcquisitionDate": phantom.acquisition_time.strftime("%Y%m%d"),
-            "AcquisitionTime": phantom.acquisition_time.strftime("%H%M%S.%f")}
-
-
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """A tiny random-init vmambax-nano model at 128 px (the Segmenter reads its input size)."""
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    path = tmp_path_factory.mktemp("model") / "nano.pt"
-    save_model_file(path, build_model("vmambax-nano").eval(), config_name="vmambax-nano",
-                    preprocessing={"image_size": SIZE}, metadata={"purpose": "slicer tests"})
-    return str(path)
+def model_file(nano_file):
+    """The shared random-init nano model file (128 px), as the path string Slicer code gets."""
+    return str(nano_file)
 
 
 @pytest.fixture(scope="module")
