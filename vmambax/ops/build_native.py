@@ -53,8 +53,8 @@ def _find_cc() -> str | None:
     return None
 
 
-def _build_posix(cc: str, sources: list[str], out: Path, log) -> None:
-    flags = list(POSIX_FLAGS)
+def _build_posix(cc: str, sources: list[str], out: Path, extra: list[str]) -> None:
+    flags = list(POSIX_FLAGS) + extra
     libs = [] if sys.platform == "darwin" else ["-lpthread"]
     for attempt in range(2):
         cmd = [cc, *flags, *sources, "-o", str(out), *libs]
@@ -68,7 +68,7 @@ def _build_posix(cc: str, sources: list[str], out: Path, log) -> None:
         raise BuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _build_msvc(sources: list[str], out: Path, tmp: Path) -> None:
+def _build_msvc(sources: list[str], out: Path, tmp: Path, extra: list[str]) -> None:
     try:
         from setuptools._distutils.ccompiler import new_compiler
     except ImportError as exc:
@@ -76,15 +76,17 @@ def _build_msvc(sources: list[str], out: Path, tmp: Path) -> None:
                          f"(Visual Studio Build Tools) ({exc})") from exc
     try:
         compiler = new_compiler()
-        objects = compiler.compile(sources, output_dir=str(tmp), extra_postargs=list(MSVC_FLAGS))
+        objects = compiler.compile(sources, output_dir=str(tmp), extra_postargs=list(MSVC_FLAGS) + extra)
         compiler.link_shared_object(objects, str(out))
     except Exception as exc:  # CompileError, LinkError, DistutilsPlatformError (no MSVC)
         raise BuildError(f"MSVC build failed: {exc}") from exc
 
 
-def build(out_dir: str | os.PathLike | None = None, log=print) -> Path:
+def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
     """Compile the library into ``out_dir`` (default: next to the sources) and return its path.
 
+    ``extra_flags`` go to the compiler (the tests build the portable kernels with
+    ``-DVMX_NO_VECTOR_EXT``, the code MSVC compiles).
     The file is written under a temporary name, loaded once to check it, then moved into place,
     so a failed build never replaces a working library. Raises ``BuildError``.
     """
@@ -95,12 +97,12 @@ def build(out_dir: str | os.PathLike | None = None, log=print) -> Path:
     with tempfile.TemporaryDirectory(prefix="vmambax-native-") as tmp:
         staged = Path(tmp) / target.name
         if sys.platform.startswith("win"):
-            _build_msvc(sources, staged, Path(tmp))
+            _build_msvc(sources, staged, Path(tmp), list(extra_flags))
         else:
             cc = _find_cc()
             if cc is None:
                 raise BuildError("no C compiler found (set CC, or install gcc or clang)")
-            _build_posix(cc, sources, staged, log)
+            _build_posix(cc, sources, staged, list(extra_flags))
         _check_loads(staged)
         shutil.copy2(staged, out_dir / (target.name + ".tmp"))
         os.replace(out_dir / (target.name + ".tmp"), target)

@@ -23,8 +23,6 @@ from pathlib import Path
 
 import torch
 
-from vmambax.ops.build_native import SOURCE_DIR, library_name
-
 ENV_LIB = "VMAMBAX_NATIVE_LIB"
 ENV_ISA = "VMAMBAX_NATIVE_ISA"  # "baseline" forces the portable kernels (tests compare both)
 ABI_VERSION = 1
@@ -38,6 +36,8 @@ _INT = ctypes.c_int
 
 def library_path() -> Path:
     """Where the loader looks: ``$VMAMBAX_NATIVE_LIB``, else next to the C sources."""
+    from vmambax.ops.build_native import SOURCE_DIR, library_name  # lazily: it is also a __main__
+
     env = os.environ.get(ENV_LIB, "").strip()
     return Path(env) if env else SOURCE_DIR / library_name()
 
@@ -58,6 +58,8 @@ def _load_path(path: str):
     if version != ABI_VERSION:
         return None, (f"the compiled library {path} is version {version}, this vmambax needs "
                       f"{ABI_VERSION}; rebuild it with `python -m vmambax.ops.build_native`")
+    lib.vmx_scan_exp.restype = None
+    lib.vmx_scan_exp.argtypes = [_P, _P, _I64, _INT]
     lib.vmx_scan_isa.restype = ctypes.c_char_p
     lib.vmx_scan_isa.argtypes = [_INT]
     lib.vmx_scan_forward.restype = _INT
@@ -88,6 +90,17 @@ def describe() -> str:
     if lib is None:
         return f"unavailable: {reason}"
     return f"{library_path()}, {lib.vmx_scan_isa(_isa_code()).decode()} kernels"
+
+
+def kernel_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) computed by the library's own exp (float32, CPU); for tests."""
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(reason)
+    x = x.detach().to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.vmx_scan_exp(x.data_ptr(), y.data_ptr(), x.numel(), _isa_code())
+    return y
 
 
 def _padded(n: int) -> int:

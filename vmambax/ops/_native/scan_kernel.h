@@ -538,9 +538,20 @@ static void KNAME(ku_finish_row)(const float *u, const float *gy, const float *d
 }
 
 
+/* y = exp(x) elementwise with the kernels' exp (for the accuracy tests). */
+static void KNAME(ku_exp_array)(const float *x, float *y, int64_t n)
+{
+    int64_t i = 0;
+#ifdef KU_VECTOR_EXT
+    for (; i + 8 <= n; i += 8) KNAME(kv_st8)(y + i, KNAME(kv_exp8)(KNAME(kv_ld8)(x + i)));
+#endif
+    for (; i < n; i++) y[i] = KNAME(ku_exp)(x[i]);
+}
+
 /* A kernel table for scan.c. */
 static const struct ku_kernels KNAME(ku_table) = {
-    KU_PREPARE, KNAME(ku_forward_row), KNAME(ku_backward_row), KNAME(ku_finish_row)
+    KU_PREPARE, KNAME(ku_forward_row), KNAME(ku_backward_row), KNAME(ku_finish_row),
+    KNAME(ku_exp_array)
 };
 
 #undef KU_PREPARE
