@@ -55,14 +55,16 @@ def _find_cc() -> str | None:
 
 def _build_posix(cc: str, sources: list[str], out: Path, extra: list[str]) -> None:
     flags = list(POSIX_FLAGS) + extra
+    if "clang" not in os.path.basename(cc):
+        flags.append("-Wno-psabi")  # gcc's notes about AVX arguments of the inline helpers
     libs = [] if sys.platform == "darwin" else ["-lpthread"]
     for attempt in range(2):
         cmd = [cc, *flags, *sources, "-o", str(out), *libs]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
             return
-        if attempt == 0 and "openmp-simd" in proc.stderr:  # an old compiler: build without it
-            flags.remove("-fopenmp-simd")
+        if attempt == 0 and ("openmp-simd" in proc.stderr or "psabi" in proc.stderr):
+            flags = [f for f in flags if f not in ("-fopenmp-simd", "-Wno-psabi")]  # an old compiler
             continue
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
         raise BuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")

@@ -7,9 +7,9 @@ file. When it is missing or does not load, ``unavailable_reason()`` says why and
 ``chunked``.
 
 What the wrapper does around the C calls: float32 contiguous copies where needed (float64 inputs
-go to ``chunked``), B and C made time-major (b, g, l, np) with the state size n padded by zeros
-to np = 4, 8 or a multiple of 16 (padded states have A = B = C = 0 and stay 0), and the thread
-count from ``torch.get_num_threads()``. Threads split the channels; the result does not depend
+go to ``chunked``), A padded by zeros to np = 4, 8 or a multiple of 16 states (the C side makes
+B and C time-major and padded the same way; padded states have A = B = C = 0 and stay 0), and
+the thread count from ``torch.get_num_threads()``. Threads split the channels; the result does not depend
 on their number. The backward (``_NativeScan``) recomputes the states channel by channel and
 returns the gradients of u, delta, A, B, C, D and delta_bias, like the chunked backend.
 """
@@ -25,7 +25,7 @@ import torch
 
 ENV_LIB = "VMAMBAX_NATIVE_LIB"
 ENV_ISA = "VMAMBAX_NATIVE_ISA"  # "baseline" forces the portable kernels (tests compare both)
-ABI_VERSION = 1
+ABI_VERSION = 2
 # Channel-steps x states per thread below which extra threads cost more than they save.
 _MIN_WORK_PER_THREAD = 1 << 18
 
@@ -63,9 +63,9 @@ def _load_path(path: str):
     lib.vmx_scan_isa.restype = ctypes.c_char_p
     lib.vmx_scan_isa.argtypes = [_INT]
     lib.vmx_scan_forward.restype = _INT
-    lib.vmx_scan_forward.argtypes = [_P] * 8 + [_I64] * 5 + [_INT] * 3
+    lib.vmx_scan_forward.argtypes = [_P] * 8 + [_I64] * 6 + [_INT] * 3
     lib.vmx_scan_backward.restype = _INT
-    lib.vmx_scan_backward.argtypes = [_P] * 15 + [_I64] * 5 + [_INT] * 3
+    lib.vmx_scan_backward.argtypes = [_P] * 15 + [_I64] * 6 + [_INT] * 3
     return lib, None
 
 
@@ -115,16 +115,6 @@ def _f32(t: torch.Tensor | None):
     return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
-def _time_major(BC: torch.Tensor, np_: int) -> torch.Tensor:
-    """(b, g, n, l) -> contiguous float32 (b, g, l, np), zero-padded states."""
-    b, g, n, length = BC.shape
-    if n == np_:
-        return BC.detach().to(torch.float32).transpose(-1, -2).contiguous()
-    out = BC.new_zeros((b, g, length, np_), dtype=torch.float32)
-    out[..., :n] = BC.detach().transpose(-1, -2)
-    return out
-
-
 def _threads(work: int) -> int:
     return max(1, min(torch.get_num_threads(), work // _MIN_WORK_PER_THREAD))
 
@@ -148,39 +138,36 @@ class _NativeScan(torch.autograd.Function):
         u32, delta32 = _f32(u), _f32(delta)
         A32 = A.detach().new_zeros((d, np_), dtype=torch.float32)
         A32[:, :n] = A.detach()
-        Bt, Ct = _time_major(B, np_), _time_major(C, np_)
+        B32, C32 = _f32(B), _f32(C)
         D32, bias32 = _f32(D), _f32(delta_bias)
         y = torch.empty(b, d, length, dtype=torch.float32)
         threads = _threads(b * d * length * np_)
-        _check(lib.vmx_scan_forward(u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), Bt.data_ptr(),
-                                    Ct.data_ptr(), _ptr(D32), _ptr(bias32), y.data_ptr(),
-                                    b, d, g, length, np_, int(softplus), threads, _isa_code()), "forward")
-        ctx.softplus, ctx.n = softplus, n
-        ctx.save_for_backward(u32, delta32, A32, Bt, Ct, D32, bias32)
+        _check(lib.vmx_scan_forward(u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), B32.data_ptr(),
+                                    C32.data_ptr(), _ptr(D32), _ptr(bias32), y.data_ptr(),
+                                    b, d, g, n, length, np_, int(softplus), threads, _isa_code()), "forward")
+        ctx.softplus = softplus
+        ctx.save_for_backward(u32, delta32, A32, B32, C32, D32, bias32)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         lib = _load()[0]
-        u32, delta32, A32, Bt, Ct, D32, bias32 = ctx.saved_tensors
+        u32, delta32, A32, B32, C32, D32, bias32 = ctx.saved_tensors
         b, d, length = u32.shape
-        g, np_ = Bt.shape[1], Bt.shape[-1]
+        g, n, np_ = B32.shape[1], B32.shape[2], A32.shape[1]
         gy32 = _f32(gy)
         gu, gdelta = torch.empty_like(u32), torch.empty_like(u32)
         gA = torch.empty_like(A32)
-        gBt, gCt = torch.empty_like(Bt), torch.empty_like(Ct)
+        gB, gC = torch.empty_like(B32), torch.empty_like(C32)
         gD = None if D32 is None else torch.empty_like(D32)
         gbias = None if bias32 is None else torch.empty_like(bias32)
         threads = _threads(3 * b * d * length * np_)
         _check(lib.vmx_scan_backward(
-            u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), Bt.data_ptr(), Ct.data_ptr(),
+            u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), B32.data_ptr(), C32.data_ptr(),
             _ptr(D32), _ptr(bias32), gy32.data_ptr(), gu.data_ptr(), gdelta.data_ptr(),
-            gA.data_ptr(), gBt.data_ptr(), gCt.data_ptr(), _ptr(gD), _ptr(gbias),
-            b, d, g, length, np_, int(ctx.softplus), threads, _isa_code()), "backward")
-        n = ctx.n
-        gB = gBt[..., :n].transpose(-1, -2)
-        gC = gCt[..., :n].transpose(-1, -2)
+            gA.data_ptr(), gB.data_ptr(), gC.data_ptr(), _ptr(gD), _ptr(gbias),
+            b, d, g, n, length, np_, int(ctx.softplus), threads, _isa_code()), "backward")
         return gu, gdelta, gA[:, :n], gB, gC, gD, gbias, None
 
 

@@ -31,7 +31,7 @@
 #define VMX_API __attribute__((visibility("default")))
 #endif
 
-#define VMX_ABI_VERSION 1
+#define VMX_ABI_VERSION 2
 
 struct ku_kernels {
     void (*prepare)(const float *u, const float *delta, float bias, int softplus, int64_t l,
@@ -75,7 +75,11 @@ typedef int32_t ki4 __attribute__((vector_size(16)));
 #pragma GCC target("avx2,fma")
 #endif
 #define KSUFFIX _avx2
+/* One max and one min instruction instead of compare-and-blend pairs; x goes in the second
+ * operand so that a NaN passes through (maxps/minps return the second operand on NaN). */
+#define KV_CLAMP8(x, lo, hi) __builtin_ia32_minps256((hi), __builtin_ia32_maxps256((lo), (x)))
 #include "scan_kernel.h"
+#undef KV_CLAMP8
 #undef KSUFFIX
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -195,6 +199,48 @@ static int vmx_run(vmx_job *job, int threads)
     return job->failed ? 2 : 0;
 }
 
+/* ------------------------------------------------------------------ layouts */
+
+/* (bg, n, l) -> a new zero-padded time-major (bg, l, np) buffer (NULL: out of memory). In
+ * blocks of 256 steps, so the block being written stays in L1. */
+static float *vmx_time_major(const float *src, int64_t bg, int64_t n, int64_t l, int64_t np)
+{
+    float *dst = (float *)calloc((size_t)(bg * l * np), sizeof(float));
+    int64_t i, k, t0, t;
+    if (!dst) return NULL;
+    for (i = 0; i < bg; i++) {
+        const float *s = src + i * n * l;
+        float *d = dst + i * l * np;
+        for (t0 = 0; t0 < l; t0 += 256) {
+            int64_t t1 = t0 + 256 < l ? t0 + 256 : l;
+            for (k = 0; k < n; k++)
+                for (t = t0; t < t1; t++) d[t * np + k] = s[k * l + t];
+        }
+    }
+    return dst;
+}
+
+/* The inverse: time-major (bg, l, np) -> (bg, n, l), dropping the padded states. */
+static void vmx_channel_major(const float *src, float *dst, int64_t bg, int64_t n, int64_t l, int64_t np)
+{
+    int64_t i, k, t0, t;
+    for (i = 0; i < bg; i++) {
+        const float *s = src + i * l * np;
+        float *d = dst + i * n * l;
+        for (t0 = 0; t0 < l; t0 += 256) {
+            int64_t t1 = t0 + 256 < l ? t0 + 256 : l;
+            for (k = 0; k < n; k++)
+                for (t = t0; t < t1; t++) d[k * l + t] = s[t * np + k];
+        }
+    }
+}
+
+static int vmx_bad_sizes(int64_t b, int64_t d, int64_t g, int64_t n, int64_t l, int64_t np)
+{
+    return b < 1 || d < 1 || g < 1 || l < 1 || n < 1 || n > np || d % g ||
+           (np > 16 ? np % 16 != 0 : (np != 4 && np != 8 && np != 16));
+}
+
 /* ------------------------------------------------------------------ forward */
 
 typedef struct {
@@ -222,18 +268,26 @@ static int vmx_fwd_unit(vmx_job *job, int64_t row, float *scratch)
     return 0;
 }
 
-/* y (b, d, l) = selective_scan(u, delta, A, B, C, D, delta_bias, softplus), shapes as in
- * scan_kernel.h; D and bias may be NULL. Returns 0, 1 (bad sizes) or 2 (out of memory). */
-VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A, const float *Bt,
-                             const float *Ct, const float *D, const float *bias, float *y,
-                             int64_t b, int64_t d, int64_t g, int64_t l, int64_t np, int softplus,
-                             int threads, int isa)
+/* y (b, d, l) = selective_scan(u, delta, A, B, C, D, delta_bias, softplus): u, delta (b, d, l),
+ * A (d, np) zero-padded, B and C (b, g, n, l), D and bias (d,) or NULL, all contiguous float32.
+ * np: n padded to 4, 8 or a multiple of 16. Returns 0, 1 (bad sizes) or 2 (out of memory). */
+VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A, const float *B,
+                             const float *C, const float *D, const float *bias, float *y,
+                             int64_t b, int64_t d, int64_t g, int64_t n, int64_t l, int64_t np,
+                             int softplus, int threads, int isa)
 {
     vmx_fwd_args args;
     vmx_job job;
-    if (b < 1 || d < 1 || g < 1 || l < 1 || np < 4 || d % g || (np > 16 ? np % 16 : 16 % np) ||
-        (np < 16 && np != 4 && np != 8))
+    float *Bt, *Ct;
+    int rc;
+    if (vmx_bad_sizes(b, d, g, n, l, np))
         return 1;
+    Bt = vmx_time_major(B, b * g, n, l, np);
+    Ct = Bt ? vmx_time_major(C, b * g, n, l, np) : NULL;
+    if (!Ct) {
+        free(Bt);
+        return 2;
+    }
     args.k = vmx_pick(isa);
     args.u = u; args.delta = delta; args.A = A; args.Bt = Bt; args.Ct = Ct;
     args.D = D; args.bias = bias; args.y = y;
@@ -242,7 +296,10 @@ VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A,
     job.units = b * d;
     job.scratch_floats = 2 * l;
     job.args = &args;
-    return vmx_run(&job, threads < 1 ? 1 : threads);
+    rc = vmx_run(&job, threads < 1 ? 1 : threads);
+    free(Bt);
+    free(Ct);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ backward */
@@ -294,39 +351,37 @@ static int64_t vmx_slices(int64_t b, int64_t d, int64_t g)
     return S < 1 ? 1 : (S > dg ? dg : S);
 }
 
-/* Gradients of sum(gy * y) for vmx_scan_forward's arguments. Outputs: gu, gdelta (b, d, l),
- * gA (d, np), gBt, gCt (b, g, l, np), gD, gbias (d,) (these two may be NULL when D / bias are);
- * every output is overwritten. Returns 0, 1 (bad sizes) or 2 (out of memory). */
-VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A, const float *Bt,
-                              const float *Ct, const float *D, const float *bias, const float *gy,
-                              float *gu, float *gdelta, float *gA, float *gBt, float *gCt,
-                              float *gD, float *gbias, int64_t b, int64_t d, int64_t g, int64_t l,
-                              int64_t np, int softplus, int threads, int isa)
+/* Gradients of sum(gy * y) for vmx_scan_forward's arguments (same layouts). Outputs: gu, gdelta
+ * (b, d, l), gA (d, np), gB, gC (b, g, n, l), gD, gbias (d,) (NULL when D / bias are); every
+ * output is overwritten. Returns 0, 1 (bad sizes) or 2 (out of memory). */
+VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A, const float *B,
+                              const float *C, const float *D, const float *bias, const float *gy,
+                              float *gu, float *gdelta, float *gA, float *gB, float *gC,
+                              float *gD, float *gbias, int64_t b, int64_t d, int64_t g, int64_t n,
+                              int64_t l, int64_t np, int softplus, int threads, int isa)
 {
     vmx_bwd_args args;
     vmx_job job;
     int64_t S, i, j, bi, ns;
     size_t bc_size;
-    float *gB_units, *gC_units;
-    double *partials;
+    float *Bt = NULL, *Ct = NULL, *gBt = NULL, *gCt = NULL, *gB_units = NULL, *gC_units = NULL;
+    double *partials = NULL;
     int rc;
-    if (b < 1 || d < 1 || g < 1 || l < 1 || np < 4 || d % g || (np > 16 ? np % 16 : 16 % np) ||
-        (np < 16 && np != 4 && np != 8))
+    if (vmx_bad_sizes(b, d, g, n, l, np))
         return 1;
     S = vmx_slices(b, d, g);
     ns = np >= 16 ? 16 : np;
     bc_size = (size_t)(b * g * l * np);
+    Bt = vmx_time_major(B, b * g, n, l, np);
+    Ct = vmx_time_major(C, b * g, n, l, np);
+    gBt = (float *)calloc(bc_size, sizeof(float));
+    gCt = (float *)calloc(bc_size, sizeof(float));
     gB_units = S == 1 ? gBt : (float *)calloc(bc_size * (size_t)S, sizeof(float));
     gC_units = S == 1 ? gCt : (float *)calloc(bc_size * (size_t)S, sizeof(float));
     partials = (double *)calloc((size_t)(b * d * (np + 2)), sizeof(double));
-    if (!gB_units || !gC_units || !partials) {
-        if (S > 1) { free(gB_units); free(gC_units); }
-        free(partials);
-        return 2;
-    }
-    if (S == 1) {
-        memset(gBt, 0, bc_size * sizeof(float));
-        memset(gCt, 0, bc_size * sizeof(float));
+    if (!Bt || !Ct || !gBt || !gCt || !gB_units || !gC_units || !partials) {
+        rc = 2;
+        goto done;
     }
     args.k = vmx_pick(isa);
     args.u = u; args.delta = delta; args.A = A; args.Bt = Bt; args.Ct = Ct;
@@ -355,6 +410,8 @@ VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A
                 }
             }
         }
+        vmx_channel_major(gBt, gB, b * g, n, l, np);
+        vmx_channel_major(gCt, gC, b * g, n, l, np);
         for (i = 0; i < d * np; i++) {
             double acc = 0.0;
             for (bi = 0; bi < b; bi++) acc += args.gA[bi * d * np + i];
@@ -367,7 +424,9 @@ VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A
             if (gbias) gbias[i] = (float)accb;
         }
     }
+done:
     if (S > 1) { free(gB_units); free(gC_units); }
+    free(Bt); free(Ct); free(gBt); free(gCt);
     free(partials);
     return rc;
 }

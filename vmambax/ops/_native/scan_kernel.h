@@ -238,8 +238,13 @@ static inline kf8 KNAME(kv_exp8)(kf8 x)
     const kf8 zero = {0};
     ki8 below = x < -86.5f, above = x > 88.0f, kb, bits;
     kf8 t, k, r, r2, p;
+#ifdef KV_CLAMP8
+    (void)below; (void)above;
+    x = KV_CLAMP8(x, zero - 86.5f, zero + 88.0f);
+#else
     x = (kf8)(((ki8)x & ~below) | ((ki8)(zero - 86.5f) & below));
     x = (kf8)(((ki8)x & ~above) | ((ki8)(zero + 88.0f) & above));
+#endif
     t = x * 1.44269504088896341f + 12582912.0f;
     k = t - 12582912.0f;
     r = x - k * 0.693359375f;
