@@ -72,10 +72,12 @@ def oracle_and_native(x, gy, **opt):
 
 
 CASES = [
-    # (b, d, n, l, g): n = 16 (the encoder), 4 (the decoder), odd n, n > 16; odd d and l;
+    # (b, d, n, l, g): n = 16 (the encoder), 4 (the decoder; channel pairs in one vector when d/g
+    # is even), odd n, n > 16; odd d and l;
     # 1 and 4 groups and 3-D B/C; l = 1; a longer sequence.
     (2, 16, 16, 100, 4),
     (2, 12, 4, 61, 4),
+    (2, 16, 4, 150, 2),
     (1, 9, 5, 77, 3),
     (1, 7, 13, 33, 1),
     (2, 6, 20, 29, 2),
@@ -149,11 +151,12 @@ def test_non_contiguous_inputs(lib):
         assert rel_err(grads[name], g_ref[name]) < 2e-5, name
 
 
-def test_results_do_not_depend_on_the_thread_count(lib, monkeypatch):
+@pytest.mark.parametrize("n", [16, 4])
+def test_results_do_not_depend_on_the_thread_count(lib, monkeypatch, n):
     """Bitwise equal values and gradients for 1, 2 and 3 threads (threads split the channels;
     the gB/gC/gA sums run in a fixed order)."""
     monkeypatch.setattr(native, "_MIN_WORK_PER_THREAD", 1)  # threads even for this small problem
-    x = {k: v.float() for k, v in model_like(2, 24, 16, 300, 4).items()}
+    x = {k: v.float() for k, v in model_like(2, 24, n, 300, 4).items()}
     gy = torch.randn(2, 24, 300)
     before = torch.get_num_threads()
     runs = []

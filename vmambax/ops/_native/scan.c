@@ -45,6 +45,9 @@ struct ku_kernels {
                        const float *gx, const float *gdt, float D, int64_t l, float *gu,
                        float *gdelta, double *sums);
     void (*exp_array)(const float *x, float *y, int64_t n);
+    void (*forward_pair4)(const float *dt0, const float *x0, const float *dt1, const float *x1,
+                          const float *A0, const float *A1, const float *Bt, const float *Ct,
+                          int64_t l, float *y0, float *y1);
 };
 
 /* ------------------------------------------------------------------ the kernel variants */
@@ -248,23 +251,35 @@ typedef struct {
     const float *u, *delta, *A, *Bt, *Ct, *D, *bias;
     float *y;
     int64_t b, d, g, l, np;
-    int softplus;
+    int softplus, pairs; /* pairs: units are pairs of channels (np == 4, d/g even) */
 } vmx_fwd_args;
 
-static int vmx_fwd_unit(vmx_job *job, int64_t row, float *scratch)
+static void vmx_add_Du(float *y, const float *u, float D, int64_t l)
+{
+    int64_t t;
+    for (t = 0; t < l; t++) y[t] += D * u[t];
+}
+
+static int vmx_fwd_unit(vmx_job *job, int64_t unit, float *scratch)
 {
     const vmx_fwd_args *a = (const vmx_fwd_args *)job->args;
-    int64_t bi = row / a->d, c = row % a->d, gi = c / (a->d / a->g), l = a->l, t;
+    int64_t row = a->pairs ? 2 * unit : unit, l = a->l;
+    int64_t bi = row / a->d, c = row % a->d, gi = c / (a->d / a->g);
     const float *u = a->u + row * l;
     const float *bc = a->Bt + (bi * a->g + gi) * l * a->np;
     const float *cc = a->Ct + (bi * a->g + gi) * l * a->np;
     float *dt = scratch, *x = scratch + l, *y = a->y + row * l;
     a->k->prepare(u, a->delta + row * l, a->bias ? a->bias[c] : 0.0f, a->softplus, l, dt, x, NULL);
-    a->k->forward_row(dt, x, a->A + c * a->np, bc, cc, a->np, l, y);
-    if (a->D) {
-        float Dc = a->D[c];
-        for (t = 0; t < l; t++) y[t] += Dc * u[t];
+    if (a->pairs) { /* channel c + 1 is in the same group: d/g is even */
+        float *dt1 = x + l, *x1 = dt1 + l;
+        a->k->prepare(u + l, a->delta + (row + 1) * l, a->bias ? a->bias[c + 1] : 0.0f,
+                      a->softplus, l, dt1, x1, NULL);
+        a->k->forward_pair4(dt, x, dt1, x1, a->A + c * 4, a->A + (c + 1) * 4, bc, cc, l, y, y + l);
+        if (a->D) vmx_add_Du(y + l, u + l, a->D[c + 1], l);
+    } else {
+        a->k->forward_row(dt, x, a->A + c * a->np, bc, cc, a->np, l, y);
     }
+    if (a->D) vmx_add_Du(y, u, a->D[c], l);
     return 0;
 }
 
@@ -292,9 +307,10 @@ VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A,
     args.u = u; args.delta = delta; args.A = A; args.Bt = Bt; args.Ct = Ct;
     args.D = D; args.bias = bias; args.y = y;
     args.b = b; args.d = d; args.g = g; args.l = l; args.np = np; args.softplus = softplus;
+    args.pairs = np == 4 && (d / g) % 2 == 0;
     job.unit = vmx_fwd_unit;
-    job.units = b * d;
-    job.scratch_floats = 2 * l;
+    job.units = args.pairs ? b * d / 2 : b * d;
+    job.scratch_floats = 4 * l;
     job.args = &args;
     rc = vmx_run(&job, threads < 1 ? 1 : threads);
     free(Bt);

@@ -382,6 +382,35 @@ KV_DEFINE_FORWARD(kv_forward16, kf8, 8, KV_TWO, KNAME(kv_ld8), KNAME(kv_exp8), K
 KV_DEFINE_FORWARD(kv_forward8, kf8, 8, KV_ONE, KNAME(kv_ld8), KNAME(kv_exp8), KNAME(kv_sum8))
 KV_DEFINE_FORWARD(kv_forward4, kf4, 4, KV_ONE, KNAME(kv_ld4), KNAME(kv_exp4), KNAME(kv_sum4))
 
+/* Two channels of one group with 4 states each (the decoder's n = 4) in one 8-lane vector:
+ * lanes 0-3 are channel 0's states, 4-7 channel 1's; B_t and C_t are shared. Same arithmetic
+ * per lane as kv_forward4, so each channel's result equals a kv_forward4 run on its own. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+static void KNAME(kv_forward4x2)(const float *dt0, const float *x0, const float *dt1,
+                                 const float *x1, const float *A0, const float *A1,
+                                 const float *Bt, const float *Ct, int64_t l, float *y0, float *y1)
+{
+    const kf8 zero = {0};
+    kf4 a0 = KNAME(kv_ld4)(A0), a1 = KNAME(kv_ld4)(A1);
+    kf8 a = __builtin_shufflevector(a0, a1, 0, 1, 2, 3, 4, 5, 6, 7), h = zero;
+    int64_t t;
+    for (t = 0; t < l; t++) {
+        kf4 b4 = KNAME(kv_ld4)(Bt + t * 4), c4 = KNAME(kv_ld4)(Ct + t * 4);
+        kf8 bb = __builtin_shufflevector(b4, b4, 0, 1, 2, 3, 0, 1, 2, 3);
+        kf8 cc = __builtin_shufflevector(c4, c4, 0, 1, 2, 3, 0, 1, 2, 3);
+        kf8 dtv = {dt0[t], dt0[t], dt0[t], dt0[t], dt1[t], dt1[t], dt1[t], dt1[t]};
+        kf8 xv = {x0[t], x0[t], x0[t], x0[t], x1[t], x1[t], x1[t], x1[t]};
+        kf8 p, q;
+        h = KNAME(kv_exp8)(a * dtv) * h + bb * xv;
+        p = h * cc;
+        q = p + __builtin_shufflevector(p, p, 2, 3, 0, 1, 6, 7, 4, 5); /* (v0+v2, v1+v3) per half */
+        y0[t] = q[0] + q[1];
+        y1[t] = q[4] + q[5];
+    }
+}
+#define KU_HAVE_PAIR4 1
+#endif
+
 #define KV_DEFINE_BACKWARD(NAME, VF, W, NS, TWO, LD, ST, EXP, SUM)                               \
 static void KNAME(NAME)(const float *dt, const float *x, const float *A, const float *Bt,       \
                         const float *Ct, const float *gy, int64_t np, int64_t l, float *H,      \
@@ -543,6 +572,20 @@ static void KNAME(ku_finish_row)(const float *u, const float *gy, const float *d
 }
 
 
+/* The forward of two rows (channels c, c+1 of one group) with np = 4. */
+static void KNAME(ku_forward_pair4)(const float *dt0, const float *x0, const float *dt1,
+                                    const float *x1, const float *A0, const float *A1,
+                                    const float *Bt, const float *Ct, int64_t l, float *y0,
+                                    float *y1)
+{
+#if defined(KU_VECTOR_EXT) && defined(KU_HAVE_PAIR4)
+    KNAME(kv_forward4x2)(dt0, x0, dt1, x1, A0, A1, Bt, Ct, l, y0, y1);
+#else
+    KNAME(ku_forward_row)(dt0, x0, A0, Bt, Ct, 4, l, y0);
+    KNAME(ku_forward_row)(dt1, x1, A1, Bt, Ct, 4, l, y1);
+#endif
+}
+
 /* y = exp(x) elementwise with the kernels' exp (for the accuracy tests). */
 static void KNAME(ku_exp_array)(const float *x, float *y, int64_t n)
 {
@@ -556,7 +599,7 @@ static void KNAME(ku_exp_array)(const float *x, float *y, int64_t n)
 /* A kernel table for scan.c. */
 static const struct ku_kernels KNAME(ku_table) = {
     KU_PREPARE, KNAME(ku_forward_row), KNAME(ku_backward_row), KNAME(ku_finish_row),
-    KNAME(ku_exp_array)
+    KNAME(ku_exp_array), KNAME(ku_forward_pair4)
 };
 
 #undef KU_PREPARE
@@ -566,6 +609,7 @@ static const struct ku_kernels KNAME(ku_table) = {
 #undef KU_BWD16
 #undef KU_BWD8
 #undef KU_BWD4
+#undef KU_HAVE_PAIR4
 #undef KNAME
 #undef KN1
 #undef KN2
