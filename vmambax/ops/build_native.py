@@ -106,8 +106,12 @@ def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
                 raise BuildError("no C compiler found (set CC, or install gcc or clang)")
             _build_posix(cc, sources, staged, list(extra_flags))
         _check_loads(staged)
-        shutil.copy2(staged, out_dir / (target.name + ".tmp"))
-        os.replace(out_dir / (target.name + ".tmp"), target)
+        try:
+            shutil.copy2(staged, out_dir / (target.name + ".tmp"))
+            os.replace(out_dir / (target.name + ".tmp"), target)
+        except OSError as exc:  # Windows: the old library is loaded by a running Python or Slicer
+            raise BuildError(f"cannot write {target} ({exc}); close the programs that use vmambax "
+                             f"and build again") from exc
     return target
 
 

@@ -9,8 +9,8 @@ file. When it is missing or does not load, ``unavailable_reason()`` says why and
 What the wrapper does around the C calls: float32 contiguous copies where needed (float64 inputs
 go to ``chunked``), A padded by zeros to np = 4, 8 or a multiple of 16 states (the C side makes
 B and C time-major and padded the same way; padded states have A = B = C = 0 and stay 0), and
-the thread count from ``torch.get_num_threads()``. Threads split the channels; the result does not depend
-on their number. The backward (``_NativeScan``) recomputes the states channel by channel and
+the thread count from ``torch.get_num_threads()``. Threads split the channels; the result does
+not depend on their number. The backward (``_NativeScan``) recomputes the states channel by channel and
 returns the gradients of u, delta, A, B, C, D and delta_bias, like the chunked backend.
 """
 

@@ -3,12 +3,14 @@
  * scan.c includes this file several times with KSUFFIX (the function-name suffix) set and, for
  * the SIMD variants, the compiler's target attribute applied to every function, so each copy is
  * vectorised for its own instruction set. Nothing here calls libm: exp and log1p are our own
- * polynomials (ku_exp, ku_log1p_unit) written as plain float arithmetic plus integer bit moves,
- * which gcc/clang vectorise across the NS states of a channel.
+ * polynomials (ku_exp, ku_log1p_unit; kv_exp8/kv_exp4 for vectors) written as plain float
+ * arithmetic plus integer bit moves. With gcc/clang the kernels use GNU vector extensions (the
+ * kv_* functions: a channel's NS states in one or two SIMD registers); elsewhere (MSVC) the
+ * plain-loop ku_* kernels, same formulas and summation order, which the compiler may vectorise.
  *
- * Layout (prepared by vmambax/ops/native.py):
+ * Layout (A padded by vmambax/ops/native.py, B and C made time-major by scan.c):
  *   u, delta, y, gy, gu, gdelta   (b, d, l)          rows of l steps, one row per (batch, channel)
- *   A, gA                         (d, np)            np = n padded with zeros to a multiple of NS
+ *   A, gA                         (d, np)            np = n padded with zeros to 4, 8 or 16k
  *   Bt, Ct, gBt, gCt              (b, g, l, np)      time-major: the np values of one step together
  * Padded states have A = B = C = 0, so their h stays 0 and they add nothing.
  */
