@@ -14,6 +14,8 @@
 #         WHEELS=./wheels bash scripts/gpu_check.sh # install the test dependencies from a folder
 #         bash scripts/gpu_check.sh --cpu           # the same plumbing on CPU, tiny sizes
 #         bash scripts/gpu_check.sh --dry-run       # list the steps and write the JSON, run nothing
+# Without WHEELS the machine must already have vmambax's dependencies (numpy, scipy, SimpleITK,
+# ... from pyproject.toml) and pytest; vmambax itself runs from this checkout (PYTHONPATH).
 # Options by environment: OUT, WHEELS, BUDGET, PYTHON, STEPS (comma-separated step names to run,
 # default all: env,wheels,native,gpu_tests,scan,infer_demo,infer_full,infer_full_compile).
 set -uo pipefail
@@ -50,7 +52,9 @@ if [ "$MODE" = cpu ]; then
 else
   DEVICE=cuda; SIZE=512; SLICES=64; E2E=300; DEMO_OPTS=(--amp --channels-last --compile)
   FULL_OPTS=(--amp --channels-last); SCAN_LEN=16384; SCAN_DIM=768
-  TESTS=(Testing/Python)
+  # only the files that hold GPU tests: on a bare machine the others may need packages it lacks
+  mapfile -t TESTS < <(grep -l "mark.gpu" Testing/Python/test_*.py)
+  [ "${#TESTS[@]}" -gt 0 ] || TESTS=(Testing/Python)
 fi
 
 log() { echo "[gpu-check $(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
@@ -112,7 +116,8 @@ if '$MODE' == 'gpu' and not torch.cuda.is_available():
 "
 
 if [ -n "${WHEELS:-}" ]; then
-  step wheels 150 - "$PY" -m pip install --no-index --find-links "$WHEELS" --no-build-isolation -e ".[test]"
+  # vmambax's runtime dependencies and pytest, nothing else (the [test] extra pulls Slicer/VTK)
+  step wheels 150 - "$PY" -m pip install --no-index --find-links "$WHEELS" --no-build-isolation -e . pytest
 else
   log "step wheels: not needed (WHEELS is not set; vmambax runs from this checkout)"
   record wheels not-needed null 0 - "WHEELS not set"
