@@ -235,8 +235,11 @@ def test_cpu_plan_is_cache_sized_and_covers_the_sequence():
 # ----------------------------------------------------------------------------- backend choice
 
 @pytest.fixture
-def no_env(monkeypatch):
+def no_env(monkeypatch, tmp_path):
+    """No backend chosen, and no native library (so ``auto`` is chunked on CPU; the native
+    backend's selection is tested in test_ops_native.py)."""
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("VMAMBAX_NATIVE_LIB", str(tmp_path / "missing-libvmambax_scan.so"))
     return monkeypatch
 
 
@@ -252,7 +255,7 @@ def spy(monkeypatch):
     return calls
 
 
-def test_auto_is_chunked_on_cpu_and_reported(no_env, spy):
+def test_auto_is_chunked_on_cpu_without_native_and_reported(no_env, spy):
     assert "auto" in BACKENDS
     assert active_backend("cpu") == "chunked"
     assert available_backends("cpu") == ["chunked", "sequential"]  # mamba_ssm needs CUDA tensors

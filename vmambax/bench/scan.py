@@ -12,7 +12,8 @@ before it:
   (Linux) and from getrusage's max RSS; it counts everything the call touches, not just tensors.
 * CUDA: ``torch.cuda.max_memory_allocated`` growth (tensors only).
 Also the largest relative difference max|y - y_ref| / max|y_ref| from the reference backend
-(the sequential oracle when it runs, else the first listed), and the speed-up over the oracle.
+(the sequential oracle when it runs, else the first listed), the speed-up over the oracle and,
+when ``chunked`` runs too, the speed-up over ``chunked`` (forward, and forward+backward).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def register(subparsers) -> None:
     p.add_argument("--state", type=int, default=16, help="state size n (default 16)")
     p.add_argument("--length", type=int, default=16384, help="sequence length l (default 16384 = 128x128)")
     p.add_argument("--groups", type=int, default=4, help="B/C groups g, one per scan direction (default 4)")
-    p.add_argument("--backends", default="chunked,sequential",
-                   help="comma-separated: chunked, mamba_ssm, sequential (default chunked,sequential)")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated, compared in one run: native, chunked, mamba_ssm, sequential "
+                        "(default: all that run on the device, e.g. native,chunked,sequential on CPU)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="input dtype (default float32)")
     p.add_argument("--repeats", "--repeat", type=int, default=3, help="timed calls per backend (default 3)")
@@ -65,8 +67,10 @@ def _check_args(args) -> list[str]:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}.")
     if args.dim % args.groups:
         raise ConfigError(f"--groups {args.groups} must divide --dim {args.dim}.")
+    if args.backends is None:  # run() fills in what the device has
+        return None
     names = [b.strip().lower().replace("-", "_") for b in args.backends.split(",") if b.strip()]
-    known = ("chunked", "mamba_ssm", "sequential")
+    known = ("native", "chunked", "mamba_ssm", "sequential")
     bad = [b for b in names if b not in known]
     if bad or not names:
         raise ConfigError(f"--backends: unknown {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}.")
@@ -82,6 +86,8 @@ def run(args) -> int:
 
     names = _check_args(args)
     device = resolve_device(args.device)
+    if names is None:  # the default: every backend that runs here, the oracle last
+        names = available_backends(device)
     missing = [b for b in names if b not in available_backends(device)]
     if missing:
         raise ConfigError(f"backend(s) {', '.join(missing)} not available on {device}; "
@@ -172,9 +178,11 @@ def _print_table(report) -> None:
     head = f"{'backend':<12}{'forward ms (best/median)':>26}"
     if has_bwd:
         head += f"{'fwd+bwd ms (best/median)':>26}"
-    head += f"{'peak MB':>10}{'speed-up':>10}{'max rel diff':>14}"
+    vs_width = 16 if has_bwd else 12
+    head += f"{'peak MB':>10}{'speed-up':>10}{'vs chunked':>{vs_width}}{'max rel diff':>14}"
     print(head)
     base = res.get("sequential", {}).get("forward_ms")
+    chunked = res.get("chunked", {})
     for name, r in res.items():
         fw = r["forward_ms"]
         line = f"{name:<12}{f'{min(fw):.1f} / {statistics.median(fw):.1f}':>26}"
@@ -184,12 +192,19 @@ def _print_table(report) -> None:
         peak = r.get("peak_fwd_mb")
         line += f"{'n/a' if peak is None else f'{peak:.0f}':>10}"
         line += f"{f'{min(base) / min(fw):.1f}x' if base else '-':>10}"
+        vs = "-"
+        if chunked:
+            vs = f"{min(chunked['forward_ms']) / min(fw):.2f}x"
+            if has_bwd and r.get("fwd_bwd_ms") and chunked.get("fwd_bwd_ms"):
+                vs += f" / {min(chunked['fwd_bwd_ms']) / min(r['fwd_bwd_ms']):.2f}x"
+        line += f"{vs:>{vs_width}}"
         line += f"{r['max_rel_diff']:>14.1e}"
         print(line)
     if has_bwd:
         print("peak MB of forward+backward: " + ", ".join(
             f"{n} {r['peak_fwd_bwd_mb']:.0f}" for n, r in res.items() if r.get("peak_fwd_bwd_mb") is not None))
-    print(f"speed-up = best sequential-oracle forward / best forward; max rel diff vs {ref}")
+    print(f"speed-up = best sequential-oracle forward / best forward; vs chunked = best chunked / best "
+          f"(forward{' / forward+backward' if has_bwd else ''}); max rel diff vs {ref}")
 
 
 # ----------------------------------------------------------------------------- worker process

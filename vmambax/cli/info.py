@@ -34,6 +34,7 @@ def collect(config: str, size: int = 512, flops: bool = True) -> dict:
 
     from vmambax import ops
     from vmambax.model import build_model, count_parameters, get_config
+    from vmambax.ops import native
 
     cfg = get_config(config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -51,6 +52,8 @@ def collect(config: str, size: int = 512, flops: bool = True) -> dict:
         "scan_device": device,
         "scan_backend": ops.active_backend(device),
         "scan_backends_available": list(ops.available_backends()),
+        "scan_backends_unavailable": ops.unavailable_reasons(device),
+        "scan_native": native.describe(),
     }
     if flops:
         from vmambax.model.flops import count_flops
@@ -80,6 +83,10 @@ def _print(info: dict) -> None:
             print(f"    {name + ' (without scans)':<38} {g:>12.2f}")
     print(f"scan        backend {info['scan_backend']} on {info['scan_device']} (available: "
           f"{', '.join(info['scan_backends_available'])})")
+    for name, reason in info["scan_backends_unavailable"].items():
+        print(f"            {name} not available: {reason}")
+    if "native" in info["scan_backends_available"]:
+        print(f"            native: {info['scan_native']}")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,4 +6,5 @@ from vmambax.ops.selective_scan import (  # noqa: F401
     active_backend,
     available_backends,
     selective_scan,
+    unavailable_reasons,
 )

@@ -2,10 +2,14 @@
 
 Backends (all compute the same function, spec §7):
 
+* ``native``    -- a compiled C loop over the sequence (``vmambax.ops.native``); CPU, float32
+  (float64 inputs go to ``chunked``). Present when its library was built (pip install, CMake or
+  ``python -m vmambax.ops.build_native``); ``available_backends`` lists it only then.
 * ``chunked``   -- vectorised, memory-bounded PyTorch (``vmambax.ops.chunked``); any device.
 * ``mamba_ssm`` -- mamba-ssm's CUDA kernel (``vmambax.ops.mamba_cuda``); CUDA + package only.
 * ``sequential`` -- a plain loop over the sequence (``vmambax.ops.sequential``); the test oracle.
-* ``auto``      -- ``mamba_ssm`` for CUDA tensors when the package imports, else ``chunked``.
+* ``auto``      -- ``mamba_ssm`` for CUDA tensors when the package imports; ``native`` for CPU
+  tensors when its library loads; else ``chunked``.
 
 Choose with ``selective_scan(..., backend=NAME)`` or the environment variable
 ``VMAMBAX_SCAN_BACKEND=NAME``; the argument wins. ``active_backend(device)`` reports the choice.
@@ -18,16 +22,18 @@ import os
 import torch
 
 from vmambax.errors import ConfigError, InputError
-from vmambax.ops import mamba_cuda
+from vmambax.ops import mamba_cuda, native
 from vmambax.ops.chunked import chunked_selective_scan
+from vmambax.ops.native import native_selective_scan
 from vmambax.ops.sequential import sequential_selective_scan
 
-BACKENDS = ("auto", "chunked", "mamba_ssm", "sequential")
+BACKENDS = ("auto", "chunked", "mamba_ssm", "native", "sequential")
 ENV_VAR = "VMAMBAX_SCAN_BACKEND"
 
 _IMPLEMENTATIONS = {
     "chunked": chunked_selective_scan,
     "mamba_ssm": mamba_cuda.mamba_selective_scan,
+    "native": native_selective_scan,
     "sequential": sequential_selective_scan,
 }
 
@@ -37,12 +43,24 @@ def _default_device() -> torch.device:
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
-    """Concrete backends that can run on ``device`` (default: CUDA if available, else CPU)."""
+    """Concrete backends that can run on ``device`` (default: CUDA if available, else CPU), the
+    one ``auto`` prefers first."""
     device = torch.device(device) if device is not None else _default_device()
     names = ["chunked", "sequential"]
+    if native.unavailable_reason(device) is None:
+        names.insert(0, "native")
     if mamba_cuda.unavailable_reason(device) is None:
         names.insert(0, "mamba_ssm")
     return names
+
+
+def unavailable_reasons(device: torch.device | str | None = None) -> dict[str, str]:
+    """Why the optional backend made for ``device``'s type (native: CPU, mamba_ssm: CUDA) cannot
+    run there: {name: reason}, empty when it can."""
+    device = torch.device(device) if device is not None else _default_device()
+    module = {"cpu": ("native", native), "cuda": ("mamba_ssm", mamba_cuda)}.get(device.type)
+    reason = module[1].unavailable_reason(device) if module else None
+    return {} if reason is None else {module[0]: reason}
 
 
 def _requested(backend: str | None) -> tuple[str, str]:
@@ -63,11 +81,13 @@ def _requested(backend: str | None) -> tuple[str, str]:
 def _resolve(backend: str | None, device: torch.device) -> str:
     name, source = _requested(backend)
     if name == "auto":
-        return "mamba_ssm" if mamba_cuda.unavailable_reason(device) is None else "chunked"
-    if name == "mamba_ssm":
-        reason = mamba_cuda.unavailable_reason(device)
+        if mamba_cuda.unavailable_reason(device) is None:
+            return "mamba_ssm"
+        return "native" if native.unavailable_reason(device) is None else "chunked"
+    if name in ("mamba_ssm", "native"):
+        reason = (mamba_cuda if name == "mamba_ssm" else native).unavailable_reason(device)
         if reason is not None:
-            raise ConfigError(f"selective-scan backend 'mamba_ssm' (from {source}) is not available: "
+            raise ConfigError(f"selective-scan backend '{name}' (from {source}) is not available: "
                               f"{reason}. Available here: {', '.join(available_backends(device))}; "
                               f"or use 'auto'.")
     return name

@@ -1,0 +1,192 @@
+"""The ``native`` backend: the selective scan as a compiled C loop (vmambax/ops/_native/scan.c).
+
+The library is plain C99 (no Python C-API, no torch ABI) loaded with ctypes, which releases the
+GIL during the call. It is built by ``pip install`` (setup.py), by the Slicer extension's CMake,
+or by ``python -m vmambax.ops.build_native``; ``VMAMBAX_NATIVE_LIB`` points the loader at another
+file. When it is missing or does not load, ``unavailable_reason()`` says why and ``auto`` uses
+``chunked``.
+
+What the wrapper does around the C calls: float32 contiguous copies where needed (float64 inputs
+go to ``chunked``), A padded by zeros to np = 4, 8 or a multiple of 16 states (the C side makes
+B and C time-major and padded the same way; padded states have A = B = C = 0 and stay 0), and
+the thread count from ``torch.get_num_threads()``. Threads split the channels; the result does
+not depend on their number. The backward (``_NativeScan``) recomputes the states channel by channel and
+returns the gradients of u, delta, A, B, C, D and delta_bias, like the chunked backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+ENV_LIB = "VMAMBAX_NATIVE_LIB"
+ENV_ISA = "VMAMBAX_NATIVE_ISA"  # "baseline" forces the portable kernels (tests compare both)
+ABI_VERSION = 2
+# Channel-steps x states per thread below which extra threads cost more than they save.
+_MIN_WORK_PER_THREAD = 1 << 18
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+
+
+def library_path() -> Path:
+    """Where the loader looks: ``$VMAMBAX_NATIVE_LIB``, else next to the C sources."""
+    from vmambax.ops.build_native import SOURCE_DIR, library_name  # lazily: it is also a __main__
+
+    env = os.environ.get(ENV_LIB, "").strip()
+    return Path(env) if env else SOURCE_DIR / library_name()
+
+
+@functools.lru_cache(maxsize=None)
+def _load_path(path: str):
+    """``(library, None)`` or ``(None, reason)`` for one file; loaded once per process."""
+    if not os.path.isfile(path):
+        return None, (f"the compiled library {path} is missing (no C compiler at install time?); "
+                      f"build it with `python -m vmambax.ops.build_native`")
+    try:
+        lib = ctypes.CDLL(path)
+        lib.vmx_scan_abi_version.restype = _INT
+        version = lib.vmx_scan_abi_version()
+    except (OSError, AttributeError) as exc:
+        return None, (f"the compiled library {path} does not load ({exc}); rebuild it with "
+                      f"`python -m vmambax.ops.build_native`")
+    if version != ABI_VERSION:
+        return None, (f"the compiled library {path} is version {version}, this vmambax needs "
+                      f"{ABI_VERSION}; rebuild it with `python -m vmambax.ops.build_native`")
+    lib.vmx_scan_exp.restype = None
+    lib.vmx_scan_exp.argtypes = [_P, _P, _I64, _INT]
+    lib.vmx_scan_isa.restype = ctypes.c_char_p
+    lib.vmx_scan_isa.argtypes = [_INT]
+    lib.vmx_scan_forward.restype = _INT
+    lib.vmx_scan_forward.argtypes = [_P] * 8 + [_I64] * 6 + [_INT] * 3
+    lib.vmx_scan_backward.restype = _INT
+    lib.vmx_scan_backward.argtypes = [_P] * 15 + [_I64] * 6 + [_INT] * 3
+    return lib, None
+
+
+def _load():
+    return _load_path(str(library_path()))
+
+
+def unavailable_reason(device: torch.device | str | None = None) -> str | None:
+    """Why ``native`` cannot run (None when it can); it runs on CPU tensors only."""
+    if device is not None and torch.device(device).type != "cpu":
+        return f"native runs on CPU tensors only (tensors are on {torch.device(device).type})"
+    return _load()[1]
+
+
+def _isa_code() -> int:
+    return 0 if os.environ.get(ENV_ISA, "").strip().lower() == "baseline" else -1
+
+
+def describe() -> str:
+    """The library file and the instruction set its kernels use on this CPU."""
+    lib, reason = _load()
+    if lib is None:
+        return f"unavailable: {reason}"
+    return f"{library_path()}, {lib.vmx_scan_isa(_isa_code()).decode()} kernels"
+
+
+def kernel_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) computed by the library's own exp (float32, CPU); for tests."""
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(reason)
+    x = x.detach().to(torch.float32).contiguous()
+    y = torch.empty_like(x)
+    lib.vmx_scan_exp(x.data_ptr(), y.data_ptr(), x.numel(), _isa_code())
+    return y
+
+
+def _padded(n: int) -> int:
+    return 4 if n <= 4 else 8 if n <= 8 else -(-n // 16) * 16
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: torch.Tensor | None):
+    return None if t is None else t.detach().to(torch.float32).contiguous()
+
+
+def _threads(work: int) -> int:
+    return max(1, min(torch.get_num_threads(), work // _MIN_WORK_PER_THREAD))
+
+
+def _check(rc: int, what: str) -> None:
+    if rc == 2:
+        raise MemoryError(f"native selective scan {what}: out of memory for the per-thread buffers")
+    if rc != 0:
+        raise RuntimeError(f"native selective scan {what}: the library rejected the sizes (code {rc})")
+
+
+class _NativeScan(torch.autograd.Function):
+    """y = selective_scan(u, delta, A, B, C, D, delta_bias, softplus) with B, C 4-D; float32."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, delta_bias, softplus):
+        lib = _load()[0]
+        b, d, length = u.shape
+        g, n = B.shape[1], A.shape[1]
+        np_ = _padded(n)
+        u32, delta32 = _f32(u), _f32(delta)
+        A32 = A.detach().new_zeros((d, np_), dtype=torch.float32)
+        A32[:, :n] = A.detach()
+        B32, C32 = _f32(B), _f32(C)
+        D32, bias32 = _f32(D), _f32(delta_bias)
+        y = torch.empty(b, d, length, dtype=torch.float32)
+        threads = _threads(b * d * length * np_)
+        _check(lib.vmx_scan_forward(u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), B32.data_ptr(),
+                                    C32.data_ptr(), _ptr(D32), _ptr(bias32), y.data_ptr(),
+                                    b, d, g, n, length, np_, int(softplus), threads, _isa_code()), "forward")
+        ctx.softplus = softplus
+        ctx.save_for_backward(u32, delta32, A32, B32, C32, D32, bias32)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        lib = _load()[0]
+        u32, delta32, A32, B32, C32, D32, bias32 = ctx.saved_tensors
+        b, d, length = u32.shape
+        g, n, np_ = B32.shape[1], B32.shape[2], A32.shape[1]
+        gy32 = _f32(gy)
+        gu, gdelta = torch.empty_like(u32), torch.empty_like(u32)
+        gA = torch.empty_like(A32)
+        gB, gC = torch.empty_like(B32), torch.empty_like(C32)
+        gD = None if D32 is None else torch.empty_like(D32)
+        gbias = None if bias32 is None else torch.empty_like(bias32)
+        threads = _threads(3 * b * d * length * np_)
+        _check(lib.vmx_scan_backward(
+            u32.data_ptr(), delta32.data_ptr(), A32.data_ptr(), B32.data_ptr(), C32.data_ptr(),
+            _ptr(D32), _ptr(bias32), gy32.data_ptr(), gu.data_ptr(), gdelta.data_ptr(),
+            gA.data_ptr(), gB.data_ptr(), gC.data_ptr(), _ptr(gD), _ptr(gbias),
+            b, d, g, n, length, np_, int(ctx.softplus), threads, _isa_code()), "backward")
+        return gu, gdelta, gA[:, :n], gB, gC, gD, gbias, None
+
+
+def native_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False):
+    """Same arguments and result as :func:`vmambax.ops.selective_scan`; CPU tensors.
+
+    float64 inputs are computed by the chunked backend (the C kernels are float32 only).
+    """
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    if any(t is not None and t.dtype == torch.float64 for t in inputs):
+        from vmambax.ops.chunked import chunked_selective_scan
+
+        return chunked_selective_scan(u, delta, A, B, C, D=D, delta_bias=delta_bias,
+                                      delta_softplus=delta_softplus)
+    reason = unavailable_reason(u.device)
+    if reason is not None:  # callers check first; a direct call gets the reason
+        raise RuntimeError(reason)
+    B4 = B.unsqueeze(1) if B.dim() == 3 else B
+    C4 = C.unsqueeze(1) if C.dim() == 3 else C
+    with torch.autocast("cpu", enabled=False):
+        y = _NativeScan.apply(u, delta, A, B4, C4, D, delta_bias, bool(delta_softplus))
+    return y.to(u.dtype)
