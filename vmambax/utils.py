@@ -379,7 +379,7 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
     from vmambax.errors import VMambaXError
 
     target = Path(target)
-    tmp = None
+    tmp = old = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = staging_path(target, folder=True)
@@ -391,7 +391,6 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
                         verify_file(path)
                     except ValueError as exc:
                         raise output_error(target / path.relative_to(tmp), str(exc)) from None
-        old = None
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
         elif target.exists() and replace:
@@ -401,7 +400,11 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
         tmp = None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+            old = None
     except BaseException as exc:
+        if old is not None and (old / "old").exists() and not target.exists():
+            os.replace(old / "old", target)  # the new folder did not go in: put the old one back
+            shutil.rmtree(old, ignore_errors=True)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):

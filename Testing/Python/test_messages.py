@@ -66,7 +66,7 @@ def test_negative_pet_is_called_negative_not_a_ct(tmp_path):
 
 
 # -- model files ---------------------------------------------------------------------------------
-def test_a_folder_given_as_model_file_is_called_a_folder(tmp_path, dirs, capsys):
+def test_a_folder_given_as_model_file_is_called_a_folder(tmp_path, dirs, capsys, monkeypatch):
     folder = tmp_path / "run1"
     folder.mkdir()
     (folder / "model.pt").write_bytes(b"")
@@ -81,6 +81,12 @@ def test_a_folder_given_as_model_file_is_called_a_folder(tmp_path, dirs, capsys)
     assert main(["models", "add", "x", str(folder)]) == 2
     err = capsys.readouterr().err
     assert "is a folder" in err and "does not exist" not in err
+    # A folder in the working directory that happens to carry a registered model's name does
+    # not hide that model (a bare name is a registry name first).
+    (tmp_path / "shipped-nano").mkdir()
+    monkeypatch.chdir(tmp_path)
+    path, entry = registry.resolve_model("shipped-nano")
+    assert entry is not None and entry.name == "shipped-nano" and path.is_file()
 
 
 class _Evil:

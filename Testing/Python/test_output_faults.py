@@ -339,3 +339,30 @@ def test_sigterm_during_segment_removes_staging_files(case, nano_file, tmp_path)
     assert "error: stopped by SIGTERM" in err and "nothing was written" in err
     assert "Traceback" not in err
     assert list(out.iterdir()) == []  # no label, no report, no staging file
+
+
+def test_replacing_a_folder_that_fails_to_go_in_puts_the_old_one_back(tmp_path, monkeypatch):
+    """atomic_dir(replace=True): the old folder is moved aside first; when the finished folder
+    then cannot be renamed into place, the old one must come back, not stay in a staging folder
+    that a later clean-up deletes."""
+    from vmambax.utils import atomic_dir
+
+    target = tmp_path / "cases"
+    target.mkdir()
+    (target / "keep.txt").write_text("the user's previous export")
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append((Path(src), Path(dst)))
+        if Path(dst) == target and len(calls) == 2:  # the new folder going into place
+            raise OSError(errno.EACCES, "Permission denied (a file is open)")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OutputError):
+        with atomic_dir(target, replace=True) as tmp:
+            (tmp / "new.txt").write_text("new export")
+    assert (target / "keep.txt").read_text() == "the user's previous export"
+    assert not (target / "new.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cases"]  # no staging folder left

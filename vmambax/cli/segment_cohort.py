@@ -94,6 +94,9 @@ def _finish(rows, summary, seconds: float | None = None) -> int:
     took = f" in {_clock(seconds)}" if seconds is not None else ""
     print(f"{len(rows)} case(s){took}: {counts['ok']} ok, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; summary: {summary}")
+    for r in rows:  # the input warnings of each case (partial PET, other study, ...)
+        for warning in r.get("warnings") or []:
+            print(f"warning: {r['id']}: {warning}", file=sys.stderr)
     noted = [r for r in rows if r.get("status") in ("ok", "skipped") and r.get("error")]
     for r in noted:  # e.g. a ground-truth label that could not be compared (no Dice)
         print(f"warning: {r['id']}: {r['error']}", file=sys.stderr)
@@ -122,6 +125,11 @@ def run_cohort_command(args) -> int:
     if single:
         raise ConfigError(f"{', '.join(single)} name one case's files; with --cases each case "
                           f"writes DIR/<id>/label.nii.gz and report.json (--previews adds PNGs)")
+    per_series = [flag for flag, value in (("--ct-series", args.ct_series),
+                                           ("--pet-series", args.pet_series)) if value]
+    if per_series:
+        raise ConfigError(f"{', '.join(per_series)} pick a series in one case's folder; for a "
+                          f"cohort give each case a folder holding one CT and one PET series")
     out_dir = Path(args.out_dir).expanduser()
     cases = read_cases(args.cases, exclude=out_dir)
     if args.merge:
@@ -137,7 +145,8 @@ def run_cohort_command(args) -> int:
         model=args.model, batch_size=args.batch, threads=args.threads,
         amp=False if args.no_amp else None, compile=args.compile, pet_units=args.pet_units,
         weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
-        previews=args.previews, overwrite=args.overwrite, all_slices=args.all_slices)
+        previews=args.previews, overwrite=args.overwrite, all_slices=args.all_slices,
+        allow_different_patients=args.allow_different_patients)
     if not args.quiet:
         where = f"shard {shard[0]} of {shard[1]} (from {source}): " if shard else ""
         print(f"{where}{len(cases)} case(s) in the list, on {', '.join(devices)}", file=sys.stderr)

@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from vmambax.errors import ConfigError, InputError, VMambaXError
+from vmambax.errors import Cancelled, ConfigError, DeviceError, InputError, VMambaXError
 from vmambax.infer.cohort_list import (FAILED, OK, PENDING, SKIPPED, CohortCase, merge_shards,
                                        pending_row, shard_cases, summary_name, write_summary)
 
@@ -45,6 +45,7 @@ class CohortOptions:
     previews: bool = False
     overwrite: bool = False  # re-segment every case, even those whose outputs verify
     all_slices: bool = False  # run every slice, not only the lung field (vmambax.infer.lung_field)
+    allow_different_patients: bool = False  # a CT and PET of different PatientIDs (DICOM)
 
 
 @dataclasses.dataclass
@@ -139,7 +140,8 @@ def _row_from_report(case_id: str, report: dict, status: str) -> dict:
     return {"id": case_id, "status": status, "lesions": totals.get("n_lesions"),
             "total_mtv_ml": totals.get("mtv_ml"), "total_tlg": totals.get("tlg"),
             "suv_max": totals.get("suv_max"),
-            "seconds": (report.get("timings_s") or {}).get("total")}
+            "seconds": (report.get("timings_s") or {}).get("total"),
+            "warnings": list(report.get("warnings") or [])}  # shown at the end, not in the CSV
 
 
 def _add_dice(row: dict, case: CohortCase, label) -> None:
@@ -150,7 +152,12 @@ def _add_dice(row: dict, case: CohortCase, label) -> None:
     from vmambax.metrics.segmentation import dice_3d
 
     try:
-        truth = read_label(case.label, label, what=f"The ground-truth label of case {case.id}")
+        if case.label.name.lower().endswith(".dcm"):  # RTSTRUCT or DICOM SEG, onto the CT grid
+            from vmambax.data.dicom_label import read_dicom_label
+
+            truth = read_dicom_label(case.label, label).label
+        else:
+            truth = read_label(case.label, label, what=f"The ground-truth label of case {case.id}")
     except VMambaXError as exc:
         row["error"] = f"Dice not computed: {exc}"
         return
@@ -189,8 +196,10 @@ def _on_grid(image, geometry) -> bool:
             and np.allclose(image.GetDirection(), direction, atol=1e-5))
 
 
-def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = False) -> dict | None:
+def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = False,
+                all_slices: bool = False) -> dict | None:
     """The ``skipped`` row of a case whose outputs exist and verify, else None (segment it)."""
+    slice_mode = "all slices" if all_slices else "lung field"
     from vmambax.data.io import read_label
     from vmambax.infer.report import REPORT_FORMAT
 
@@ -203,8 +212,9 @@ def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = F
         report = json.loads(report_path.read_text(encoding="utf-8"))
         if (report.get("format") != REPORT_FORMAT or report["model"].get("sha256") != sha256
                 or not _same_path(report["inputs"]["ct"].get("path"), case.ct)
-                or not _same_path(report["inputs"]["pet"].get("path"), case.pet)):
-            return None
+                or not _same_path(report["inputs"]["pet"].get("path"), case.pet)
+                or (report.get("slice_selection") or {}).get("mode") != slice_mode):
+            return None  # another model, other inputs, or made with(out) --all-slices
         label = read_label(label_path)
         if not _on_grid(label, _ct_geometry(case.ct, report)):
             return None
@@ -235,7 +245,10 @@ def segment_case(case: CohortCase, out_dir: Path, segmenter, options: CohortOpti
             dose_mbq=case.dose_mbq or options.dose_mbq,
             uptake_minutes=case.uptake_minutes or options.uptake_minutes,
             overwrite=True,  # existing outputs did not verify (stale, partial or --overwrite)
+            allow_different_patients=options.allow_different_patients,
             segmenter=segmenter, progress=progress)
+    except Cancelled:
+        raise  # SIGTERM / Ctrl-C / cancel: stop the cohort, not just this case
     except VMambaXError as exc:
         return {"id": case.id, "status": FAILED, "error": str(exc),
                 "seconds": round(time.perf_counter() - t0, 3)}
@@ -345,7 +358,8 @@ def run_cohort(cases: list[CohortCase], out_dir, *, options: CohortOptions | Non
 
     todo = []
     for case in mine:
-        row = None if options.overwrite else verify_case(case, out_dir, sha, options.previews)
+        row = None if options.overwrite else verify_case(case, out_dir, sha, options.previews,
+                                                                  options.all_slices)
         if row is not None:
             tracker.finish(row, segmented=False)
         elif case.problem:
@@ -480,7 +494,7 @@ def _run_workers(todo, out_dir, options, devices, threads, tracker: _Tracker) ->
         if waiting:
             if fatal and len(fatal) == len(procs):
                 error = fatal_type if fatal_type and issubclass(fatal_type, VMambaXError) \
-                    else RuntimeError
+                    else DeviceError  # a user-facing error (exit 2), never a traceback
                 raise error(f"no device could load the model: {'; '.join(fatal)}")
             for index in waiting:
                 tracker.finish({"id": todo[index].id, "status": FAILED, "error":

@@ -169,9 +169,10 @@ def resolve_model(spec: str | os.PathLike = "default",
     looks_like_path = path.suffix in (".pt", ".pth", ".ckpt") or os.sep in spec_str or "/" in spec_str
     if path.is_file():
         return path, None
-    if path.is_dir():
+    registered = any(e.name == spec_str for e in list_models())
+    if path.is_dir() and (looks_like_path or not registered):  # ./default/ must not hide "default"
         raise InputError(path_problem(path, "model file"))
-    if looks_like_path and not any(e.name == spec_str for e in list_models()):
+    if looks_like_path and not registered:
         raise InputError(f"model file {path} does not exist; check the path, or use a registered "
                          f"model name (`vmambax models list`)")
     entry = get_model(spec_str)
