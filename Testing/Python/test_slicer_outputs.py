@@ -154,3 +154,17 @@ def test_picked_output_under_another_transform_is_refused_before_the_run(two_cts
     seg.SetAndObserveTransformNodeID(scene.AddNewNodeByClass("vtkMRMLLinearTransformNode").GetID())
     with pytest.raises(InputError, match="different transforms"):
         VMambaXSegmentLogic().prepare(ct_a, pet_a, outputSegmentation=seg, petUnits="suv")
+
+
+def test_earlier_output_under_another_transform_than_the_ct_is_not_reused(two_cts):
+    """The CT was moved under a transform after its first run (or its output was): the next run
+    gets a new output under the CT's transform instead of failing after the network ran."""
+    scene, (ct_a, pet_a, _ct_b, _pet_b) = two_cts
+    first = _run(ct_a, pet_a).segmentationNode
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+    ct_a.SetAndObserveTransformNodeID(transform.GetID())
+    pet_a.SetAndObserveTransformNodeID(transform.GetID())
+    assert scene_output.output_for(ct_a, None) is None
+    again = _run(ct_a, pet_a).segmentationNode
+    assert again is not first and again.GetTransformNodeID() == transform.GetID()
+    assert scene_output.output_for(ct_a, None) is again

@@ -87,8 +87,9 @@ def output_for(ct_node, picked=None):
     """The segmentation a run on ``ct_node`` writes into; None: create a new one.
 
     The user's pick wins. Otherwise the segmentation VMambaX made for this CT, if its last run
-    was on this CT too (a re-run updates it in place); never the output of another CT, so a run
-    on a second CT gets its own segmentation and lesion table.
+    was on this CT too (a re-run updates it in place) and it sits under the CT's transform (else
+    writing would be refused after the network ran: a new output is made instead); never the
+    output of another CT, so a run on a second CT gets its own segmentation and lesion table.
     """
     if picked is not None and picked.GetScene() is not None:
         return picked
@@ -97,7 +98,8 @@ def output_for(ct_node, picked=None):
     for i in reversed(range(nodes.GetNumberOfItems())):  # the newest first
         node = nodes.GetItemAsObject(i)
         if (node.GetAttribute(CREATED_FOR_CT_ATTRIBUTE) == ct_id
-                and node.GetAttribute(WRITTEN_FOR_CT_ATTRIBUTE) == ct_id):
+                and node.GetAttribute(WRITTEN_FOR_CT_ATTRIBUTE) == ct_id
+                and node.GetTransformNodeID() == ct_node.GetTransformNodeID()):
             return node
     return None
 
