@@ -142,6 +142,22 @@ def test_refusals(tmp_path, ct_image, truth, for_uid):
         rtstruct_to_label(far, ct_image)
 
 
+def test_malformed_rtstruct_is_a_clear_error_not_a_traceback(tmp_path, ct_image, truth, for_uid):
+    """Planning systems do export broken files: a missing ROINumber, ContourData that is not
+    x,y,z triplets. Both are an InputError naming the file, never an AttributeError/ValueError."""
+    contours = label_contours(truth, ct_image)
+    good = write_rtstruct(tmp_path / "good.dcm", [("GTV", contours)], for_uid)
+    ds = pydicom.dcmread(good)
+    del ds.StructureSetROISequence[0].ROINumber
+    ds.save_as(tmp_path / "no_number.dcm")
+    ds = pydicom.dcmread(good)
+    ds.ROIContourSequence[0].ContourSequence[0].ContourData = [1.0, 2.0, 3.0, 4.0]
+    ds.save_as(tmp_path / "short_contour.dcm")
+    for name in ("no_number.dcm", "short_contour.dcm"):
+        with pytest.raises(InputError, match=f"{name} is a malformed DICOM RTSTRUCT"):
+            read_dicom_label(tmp_path / name, ct_image)
+
+
 def test_a_ct_slice_is_not_an_rtstruct(case_dir, ct_image):
     ct_file = sorted((case_dir / "dicom" / "ct").glob("*.dcm"))[0]
     with pytest.raises(InputError, match="DICOM CT file, not an RTSTRUCT"):

@@ -163,3 +163,16 @@ def test_cli_phantom_whole_body_and_the_benchmark_run(tmp_path, capsys):
     runs = result["runs"]
     assert runs["all slices"]["slices_run"] == 60 > runs["lung field"]["slices_run"] > 0
     assert runs["lung field"]["estimated"] and result["speedup"] > 1.0
+
+
+def test_air_that_is_nowhere_a_lung_cross_section_is_no_lung_field():
+    """A long narrow air tube (airway-like, ~1.4 cm^2 across 1.2 m: ~170 mL, enough volume)
+    fills no slice with lung: the field must say "no lungs", not run nothing and report no
+    tumour."""
+    z, y, x = 150, 64, 64
+    ct = np.full((z, y, x), -1000.0, np.float32)
+    yy, xx = np.mgrid[:y, :x]
+    ct[:, ((yy - 32) ** 2 + (xx - 32) ** 2) < 28 ** 2] = 40.0
+    ct[:, ((yy - 32) ** 2 + (xx - 32) ** 2) < 2.0 ** 2] = -950.0  # ~2 cm^2 at 4 mm pixels
+    with pytest.raises(InputError, match="no lungs found.*less than 5 cm"):
+        lung_field(ct, (8.0, 4.0, 4.0))

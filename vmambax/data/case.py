@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from vmambax.data.dicom import identity_tags
-from vmambax.data.io import (CT_AIR_HU, PetRead, check_pet_not_ct, check_pet_values,
-                             read_image_source,
+from vmambax.data.io import (CT_AIR_HU, PetRead, check_pet_not_ct, read_image_source,
                              read_pet_info, validate_volume)
 from vmambax.data.orientation import image_axis_map
 from vmambax.data.patient import check_same_patient
 from vmambax.data.resample import (PARTIAL_OVERLAP_WARN, check_overlap,
                                    partial_overlap_message, resample_to)
-from vmambax.data.suv import SuvFactor
+from vmambax.data.suv import SuvFactor, check_suv_plausible
 from vmambax.errors import InputError
 
 CT_AIR_PERCENTILE_HU = CT_AIR_HU  # a CT's 1st percentile is air/lung, far below this
@@ -69,8 +68,8 @@ def check_roles(ct, pet_suv) -> None:
     """Raise ``InputError`` if the CT does not look like a CT, or the PET like a PET."""
     import SimpleITK as sitk
 
-    check_not_swapped(ct, pet_suv)
-    check_pet_values(sitk.GetArrayViewFromImage(pet_suv), "The PET input")
+    check_not_swapped(ct, pet_suv)  # includes check_pet_not_ct
+    check_suv_plausible(sitk.GetArrayViewFromImage(pet_suv), what="The PET input")
 
 
 def check_not_swapped(ct, pet) -> None:

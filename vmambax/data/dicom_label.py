@@ -79,12 +79,20 @@ def read_dicom_label(path, reference, *, structure: str | None = None,
         modality = str(dcmread(path, stop_before_pixels=True).get("Modality", "")).upper()
     except Exception as exc:
         raise InputError(f"{path} is not a readable DICOM file ({str(exc).splitlines()[0][:200]}).") from None
-    if modality == "RTSTRUCT":
-        return rtstruct_to_label(path, reference, roi=structure,
-                                 frame_of_reference_uid=frame_of_reference_uid, option=option)
-    if modality == "SEG":
-        return seg_to_label(path, reference, segment=structure,
-                            frame_of_reference_uid=frame_of_reference_uid, option=option)
+    try:
+        if modality == "RTSTRUCT":
+            return rtstruct_to_label(path, reference, roi=structure,
+                                     frame_of_reference_uid=frame_of_reference_uid, option=option)
+        if modality == "SEG":
+            return seg_to_label(path, reference, segment=structure,
+                                frame_of_reference_uid=frame_of_reference_uid, option=option)
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        # A required element missing (ROINumber, Rows, SegmentNumber ...) or malformed
+        # (ContourData not x,y,z triplets): the file breaks the standard; say so, no traceback.
+        raise InputError(f"{path.name} is a malformed DICOM {modality}: {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0][:200] if str(exc) else 'missing element'}. "
+                         "Export the contours again from the planning system, or convert them "
+                         "to a label file yourself.") from None
     raise InputError(f"{path.name} is a DICOM {modality or '(no modality)'} file; a DICOM label "
                      "must be an RTSTRUCT (contours) or a SEG (segmentation).")
 

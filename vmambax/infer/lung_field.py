@@ -102,6 +102,9 @@ def lung_field(ct_axial_hu: np.ndarray, spacing_zyx, margin_mm: float = DEFAULT_
     # A slice is lung when it holds a few cm^2 of it: the trachea (2-3 cm^2) joins the lungs
     # through the bronchi but is no reason to run the neck.
     lung = lung_mask.sum(axis=(1, 2)) * (vy * vx / 100.0) >= MIN_SLICE_AREA_CM2
+    if not lung.any():  # never run nothing and report "no tumour"
+        raise _no_lungs(f"the air-filled regions inside the body cover less than "
+                        f"{MIN_SLICE_AREA_CM2:g} cm^2 on every slice")
     reach = int(np.floor(margin_mm / sz + 1e-6))
     run = ndimage.binary_dilation(lung, iterations=reach) if reach > 0 else lung.copy()
     return LungField(run=run, lung=lung, lung_volume_ml=float(volumes[keep].sum()),
