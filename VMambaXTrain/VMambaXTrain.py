@@ -114,6 +114,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._cases = []
         self._run = None
+        self._modelName = None  # read and checked when the run started; registered at its end
+        self._warnings = []  # the trainer's warning events of the current run
         self._chart = None
         self._dependenciesChecked = False
         self._updatingGUI = False
@@ -336,6 +338,10 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         try:
             self._ensureDependencies()
+            # Checked now, not after hours of training; kept for the registration at the end
+            # (the scene, and with it the parameter node, may be another one by then).
+            modelName = (p.modelName or "").strip() or "my-vmambax"
+            self.logic.checkModelName(modelName)
             dataFolder = None if resume else self._dataFolder()
             # The run folder's lock refuses a second trainer there (this or another Slicer).
             self._run = self.logic.startTraining(dataFolder, p.runFolder, config=p.config,
@@ -344,6 +350,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             show_error(exc, _("VMambaX training could not start"))
             self._updateButtons()
             return
+        self._modelName = modelName
+        self._warnings = []
         if self._chart is None or self._chart.chartNode.GetScene() is None:
             self._chart = TrainingChart(slicer.mrmlScene)
         self._showChart()
@@ -415,10 +423,20 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _("Training failed: {message}\n\nFull log: {log}").format(message=message,
                                                                           log=run.logPath),
                 windowTitle=_("VMambaX Train"))
+        warnings, self._warnings = self._warnings, []
+        if warnings:  # each once, in the order the trainer wrote them
+            slicer.util.warningDisplay("\n\n".join(dict.fromkeys(warnings)),
+                                       windowTitle=_("VMambaX Train: warnings"))
         self._updateButtons()
 
     def _showEvent(self, event):
         kind = event.get("event")
+        if kind == "warning":  # shown all together when the run ends
+            message = str(event.get("message") or "").strip()
+            if message:
+                self._warnings.append(message)
+                self.ui.statusLabel.text = _("Warning: {message}").format(message=message)
+            return
         step, total = event.get("step"), event.get("total_steps")
         if step is not None and total:
             self.ui.progressBar.value = int(round(100 * min(step / total, 1.0)))
@@ -435,17 +453,21 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Training: ") + ", ".join(parts)
 
     def _register(self, run):
-        p = self._parameterNode or self.logic.getParameterNode()
-        name = p.modelName.strip() or "my-vmambax"
+        name = self._modelName or "my-vmambax"  # as read and checked when the run started
         try:
+            replaced = self.logic.checkModelName(name)
             entry = self.logic.registerModel(run, name)
         except Exception as exc:
             show_error(exc, _("The trained model could not be registered"))
             return
         self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = _("Done. Model {name} is registered: choose it in VMambaX "
-                                     "Segment. File: {file}").format(name=repr(entry.name),
-                                                                     file=entry.file)
+        if replaced:
+            text = _("Done. Model {name} is registered, replacing the earlier model of that "
+                     "name: choose it in VMambaX Segment. File: {file}")
+        else:
+            text = _("Done. Model {name} is registered: choose it in VMambaX Segment. "
+                     "File: {file}")
+        self.ui.statusLabel.text = text.format(name=repr(entry.name), file=entry.file)
 
 
 def _selectData(combo, data):

@@ -246,3 +246,91 @@ def test_reload_reloads_the_lib_and_the_shared_glue_first(gui, monkeypatch):
         widget = _widget(gui, module, name)
         widget.onReload()
         assert reloaded[-1] == ("VMambaXCommon", lib) and widget.reloaded
+
+
+class FakeRun:
+    """A training run whose progress events the test writes."""
+
+    def __init__(self):
+        self.events, self.running, self.finalEvent = [], True, None
+        self.cancelled, self.stopRequestedAt, self.logPath = False, None, "train.log"
+
+    def poll(self):
+        events, self.events = self.events, []
+        return events
+
+    def isRunning(self):
+        return self.running
+
+    def stopOverdue(self, _grace):
+        return False
+
+    def failureMessage(self):
+        return "it failed"
+
+
+def _train_panel(gui, monkeypatch, tmp_path):
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    (tmp_path / "data").mkdir()
+    train.ui.sceneCasesRadioButton.checked = False
+    train.ui.folderCasesRadioButton.checked = True
+    train._parameterNode.dataFolder = str(tmp_path / "data")
+    train._parameterNode.runFolder = str(tmp_path / "run")
+    record = types.SimpleNamespace(runs=[], registered=[])
+
+    def start(*args, **kwargs):
+        record.runs.append(FakeRun())
+        return record.runs[-1]
+
+    def register(run, name, description=""):
+        record.registered.append(name)
+        return types.SimpleNamespace(name=name, file=str(tmp_path / "model.pt"))
+
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer", lambda feature, **k: [])
+    monkeypatch.setattr(train.logic, "startTraining", start)
+    monkeypatch.setattr(train.logic, "registerModel", register)
+    return train, record
+
+
+def test_train_shows_the_trainers_warnings_and_registers_the_name_read_at_start(
+        gui, monkeypatch, tmp_path):
+    import vmambax.infer.registry as registry
+
+    train, record = _train_panel(gui, monkeypatch, tmp_path)
+    train._parameterNode.modelName = " lung-run "
+    train.onStart(resume=False)
+    assert gui.dialogs.errors == [] and len(record.runs) == 1
+    run = record.runs[0]
+    run.events = [{"event": "start", "epoch": 0},
+                  {"event": "warning", "message": "exporting the cases: PET covers 80% of case 2"},
+                  {"event": "step", "epoch": 0, "step": 1, "total_steps": 4, "loss": 0.5}]
+    train._onTimer()
+    assert "Training: epoch 1" in train.ui.statusLabel.text
+    run.events = [{"event": "warning", "message": "validation Dice is NaN"}]
+    train._onTimer()
+    assert train.ui.statusLabel.text == "Warning: validation Dice is NaN"
+    assert gui.dialogs.warnings == []  # not while it runs
+    train._parameterNode.modelName = "renamed-later"  # or a new scene's parameter node
+    monkeypatch.setattr(registry, "user_models", lambda: [types.SimpleNamespace(name="lung-run")])
+    run.running, run.finalEvent = False, {"event": "done"}
+    run.events = [{"event": "done"}]
+    train._onTimer()
+    assert record.registered == ["lung-run"]
+    assert "replacing the earlier model" in train.ui.statusLabel.text
+    assert gui.dialogs.warnings == ["exporting the cases: PET covers 80% of case 2\n\n"
+                                    "validation Dice is NaN"]
+    # The next run starts with no warnings of its own.
+    train.onStart(resume=False)
+    record.runs[1].running, record.runs[1].finalEvent = False, {"event": "done"}
+    train._onTimer()
+    assert len(gui.dialogs.warnings) == 1 and record.registered == ["lung-run", "renamed-later"]
+    assert "replacing" not in train.ui.statusLabel.text
+
+
+def test_train_refuses_an_invalid_model_name_before_starting(gui, monkeypatch, tmp_path):
+    train, record = _train_panel(gui, monkeypatch, tmp_path)
+    for name in ("default", "no spaces please", "-dash-first"):
+        train._parameterNode.modelName = name
+        train.onStart(resume=False)
+    assert record.runs == [] and len(gui.dialogs.errors) == 3
+    assert all("invalid model name" in str(e) for e in gui.dialogs.errors)

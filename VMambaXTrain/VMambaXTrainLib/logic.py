@@ -337,6 +337,20 @@ class VMambaXTrainLogic:
         return run
 
     # -- result ---------------------------------------------------------------------------------
+    @staticmethod
+    def checkModelName(name: str) -> bool:
+        """Refuse a name the registry would refuse at the end of the run (checked when training
+        starts, so a bad name does not waste the run); True when it replaces a user model."""
+        from vmambax.infer.registry import DEFAULT_ALIASES, _NAME_RE, shipped_models, user_models
+
+        if not _NAME_RE.match(name or "") or name in DEFAULT_ALIASES:
+            raise ConfigError(f"invalid model name {name!r}: use letters, digits, '.', '_' or "
+                              f"'-' (at most 64, starting with a letter or digit), not "
+                              f"{' / '.join(DEFAULT_ALIASES)}")
+        if any(e.name == name for e in shipped_models()):
+            raise ConfigError(f"{name!r} is the name of a shipped model; choose another name")
+        return any(e.name == name for e in user_models())
+
     def registerModel(self, run: TrainingRun, name: str, description: str = ""):
         """Add the run's model file to the user's model registry (VMambaX Segment lists it)."""
         from vmambax.infer.registry import add_user_model
