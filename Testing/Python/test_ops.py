@@ -342,6 +342,18 @@ def test_bad_shapes_are_input_errors(change, message):
         selective_scan(**x)
 
 
+@pytest.mark.parametrize("groups_b, groups_c", [(2, None), (None, 2), (2, 4), (4, 1)])
+def test_b_and_c_with_different_group_counts_are_input_errors(groups_b, groups_c):
+    """3-D B or C counts as one group; the backends index both with B's count."""
+    x = make_inputs(2, 16, 8, 20, None)
+    for name, groups in (("B", groups_b), ("C", groups_c)):
+        if groups is not None:
+            x[name] = torch.randn(2, groups, 8, 20, dtype=torch.float64)
+    for backend in ("chunked", "sequential"):
+        with pytest.raises(InputError, match="B has .* groups? but C has"):
+            selective_scan(**x, backend=backend)
+
+
 # ----------------------------------------------------------------------------- bench command
 
 def test_bench_scan_command_runs_backends_in_fresh_processes(tmp_path, capsys):

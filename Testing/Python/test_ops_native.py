@@ -259,6 +259,20 @@ def test_auto_picks_native_on_cpu_when_it_loads(lib):
     assert calls == [1]
 
 
+@pytest.mark.parametrize("shape_b, shape_c", [((1, 2, 4, 9), (1, 4, 9)), ((1, 4, 9), (1, 2, 4, 9)),
+                                             ((1, 2, 4, 9), (1, 4, 4, 9))])
+def test_b_and_c_with_different_group_counts_are_refused(lib, shape_b, shape_c):
+    """Both through selective_scan and when native is called directly (it would read past C)."""
+    from vmambax.errors import InputError
+
+    x = {k: v.float() for k, v in make_inputs(1, 8, 4, 9, None).items()}
+    x["B"], x["C"] = torch.randn(*shape_b), torch.randn(*shape_c)
+    with pytest.raises(InputError, match="B has .* but C has"):
+        selective_scan(**x, backend="native")
+    with pytest.raises(InputError, match="B has .* but C has"):
+        native.native_selective_scan(**x)
+
+
 def test_missing_library_falls_back_to_chunked_and_says_why(monkeypatch, tmp_path):
     missing = tmp_path / "nowhere" / build_native.library_name()
     monkeypatch.setenv(native.ENV_LIB, str(missing))

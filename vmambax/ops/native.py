@@ -176,6 +176,10 @@ def native_selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_soft
 
     float64 inputs are computed by the chunked backend (the C kernels are float32 only).
     """
+    from vmambax.ops.selective_scan import _check as check_inputs  # lazily: it imports this module
+
+    # Direct calls too: the C code trusts the shapes (C read with B's group count, etc.).
+    check_inputs(u, delta, A, B, C, D, delta_bias)
     inputs = (u, delta, A, B, C, D, delta_bias)
     if any(t is not None and t.dtype == torch.float64 for t in inputs):
         from vmambax.ops.chunked import chunked_selective_scan

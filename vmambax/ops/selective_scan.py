@@ -124,6 +124,10 @@ def _check(u, delta, A, B, C, D, delta_bias):
             fail(f"{name} has shape {tuple(t.shape)} for b = {b}, n = {n}, l = {length}")
         if t.dim() == 4 and (t.shape[1] < 1 or d % t.shape[1]):
             fail(f"{name} has {t.shape[1]} groups, which does not divide d = {d}")
+    groups_b, groups_c = (t.shape[1] if t.dim() == 4 else 1 for t in (B, C))
+    if groups_b != groups_c:  # the backends index C with B's group count
+        fail(f"B has {groups_b} group{'s' * (groups_b != 1)} but C has {groups_c} "
+             f"(a 3-D B or C counts as 1); give both the same number of groups")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and tuple(t.shape) != (d,):
             fail(f"{name} has shape {tuple(t.shape)} for d = {d}")
