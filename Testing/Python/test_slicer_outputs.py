@@ -168,3 +168,22 @@ def test_earlier_output_under_another_transform_than_the_ct_is_not_reused(two_ct
     again = _run(ct_a, pet_a).segmentationNode
     assert again is not first and again.GetTransformNodeID() == transform.GetID()
     assert scene_output.output_for(ct_a, None) is again
+
+
+def test_segment_passes_the_rwvm_lookup_to_prepare(two_cts, monkeypatch):
+    _scene, (ct_a, pet_a, _ct_b, _pet_b) = two_cts
+    seen = []
+    prepare = VMambaXSegmentLogic.prepare
+
+    def recording(self, *args, **kwargs):
+        seen.append(kwargs.get("petRwvmFile"))
+        return prepare(self, *args, **kwargs)
+
+    monkeypatch.setattr(VMambaXSegmentLogic, "prepare", recording)
+
+    def lookup(uid):
+        return None
+
+    VMambaXSegmentLogic(segmenterClass=BlockSegmenter).segment(
+        ct_a, pet_a, model="block", petUnits="suv", petRwvmFile=lookup)
+    assert seen == [lookup]

@@ -24,7 +24,7 @@ from vmambax.data.case import check_not_swapped, inspect_pair
 from vmambax.data.patient import check_same_patient
 from vmambax.errors import ConfigError, InputError
 
-from VMambaXCommon.devices import available_devices, device_choices
+from VMambaXCommon.devices import device_choices
 from VMambaXCommon.dicom_tags import identity_tags_from_node
 from VMambaXSegmentLib import scene_output
 from VMambaXCommon.mrml_sitk import volume_node_to_image
@@ -123,11 +123,6 @@ class VMambaXSegmentLogic:
         remove_user_model(name)
 
     @staticmethod
-    def availableDevices() -> list[str]:
-        """``auto`` and ``cpu``, plus ``cuda`` / ``mps`` only where PyTorch sees that GPU."""
-        return available_devices()
-
-    @staticmethod
     def deviceChoices() -> list[tuple[str, str]]:
         """``(key, label)`` of the devices offered, e.g. ``("cuda", "NVIDIA GPU (CUDA)")``."""
         return device_choices()
@@ -188,11 +183,12 @@ class VMambaXSegmentLogic:
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
                      allSlices: bool = False, start: bool = True, ctTags=None,
-                     allowDifferentPatients: bool = False) -> BackgroundTask:
+                     allowDifferentPatients: bool = False, petRwvmFile=None) -> BackgroundTask:
         """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
 
         By default the network runs only on the slices around the CT's lungs (the others stay
         empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
+        ``petTags``, ``ctTags``, ``petRwvmFile``: as for ``prepare``.
 
         Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
         within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
@@ -202,7 +198,8 @@ class VMambaXSegmentLogic:
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
         inputs = self.prepare(ctNode, petNode, outputSegmentation, petUnits, petTags, weightKg,
-                              doseMBq, ctTags=ctTags, allowDifferentPatients=allowDifferentPatients)
+                              doseMBq, petRwvmFile=petRwvmFile, ctTags=ctTags,
+                              allowDifferentPatients=allowDifferentPatients)
 
         def compute(report, cancel):
             report(0.0, "Loading the model")
