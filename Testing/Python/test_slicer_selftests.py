@@ -125,3 +125,13 @@ def test_self_test_checks_pass_without_torch(tmp_path):
         assert "torch" in message and "extension factory" in message
     assert {"missing_pet_changes_nothing", "swapped_inputs_are_named",
             "output_is_written_without_the_network", "phantom_cases_are_exported"} <= set(outcome)
+
+
+def test_training_self_test_is_skipped_without_psutil(monkeypatch, tmp_path):
+    import slicer
+    from VMambaXTrainLib import selftest as train_checks
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # "import psutil" raises ImportError
+    message = train_checks.nano_trains_on_phantoms(slicer.vtkMRMLScene(), str(tmp_path))
+    assert message and message.startswith("psutil not importable")
+    assert not any(tmp_path.iterdir())  # skipped before exporting anything

@@ -2,8 +2,8 @@
 Slicer (Reload and Test, and the extension factory) and by the slicer-core tests.
 
 Exporting scene cases needs no PyTorch and runs everywhere; the brief training run needs
-PyTorch and PyTorch Lightning and returns a skip message where they are missing (the extension
-factory), which the caller logs. Checks return None (passed) or a skip message; a failure
+PyTorch, PyTorch Lightning and psutil (the trainer's process control) and returns a skip message
+where one is missing (the extension factory), which the caller logs. Checks return None (passed) or a skip message; a failure
 raises ``AssertionError``.
 """
 
@@ -49,10 +49,10 @@ def phantom_cases_are_exported(scene, work: str) -> None:
 
 def nano_trains_on_phantoms(scene, work: str, pump: Callable[[], None] = lambda: None,
                             timeout_s: float = 900.0):
-    """Export two phantom cases and train the nano network briefly (PyTorch + Lightning)."""
+    """Export two phantom cases and train the nano network briefly (PyTorch, Lightning, psutil)."""
     from VMambaXCommon.testing import model_unavailable
 
-    reason = model_unavailable(("pytorch_lightning",))
+    reason = model_unavailable(("pytorch_lightning", "psutil"))
     if reason:
         return reason
     from VMambaXTrainLib.logic import VMambaXTrainLogic
