@@ -43,7 +43,7 @@ class Requirement:
         return f"{self.name}>={self.minimum}" if self.minimum else self.name
 
 
-TORCH = Requirement("torch", "torch", "2.1", "runs the vMambaX network")
+TORCH = Requirement("torch", "torch", "2.5", "runs the vMambaX network")
 
 # Supported versions, stated once in the README ("Installing") and kept equal to pyproject's
 # requires-python and CMakeLists' VMAMBAX_MINIMUM_SLICER_VERSION (a test checks all four).

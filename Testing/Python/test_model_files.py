@@ -152,3 +152,23 @@ def test_pretrained_encoder_loading(tmp_path):
         load_pretrained_encoder(target, tmp_path / "corrupt.pth")
     with pytest.raises(ModelFileError, match="not found"):
         build_model("vmambax-nano", pretrained_encoder=str(tmp_path / "nope.pth"))
+
+
+def test_torch_without_safe_globals_is_a_dependency_error_naming_the_version(tmp_path, monkeypatch):
+    """torch < 2.5 has no torch.serialization.safe_globals: say which torch is needed, never an
+    AttributeError from deep inside the load."""
+    import argparse
+
+    from vmambax import deps
+    from vmambax.errors import DependencyError
+    from vmambax.model.pretrained import safe_torch_load
+
+    path = tmp_path / "model.pt"
+    save_model_file(path, build_model("vmambax-nano", depths=(1, 1, 1, 1)), config_name="vmambax-nano",
+                    preprocessing={}, metadata={})
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(DependencyError, match=rf"torch>={deps.TORCH.minimum}") as info:
+        safe_torch_load(path, allow=(argparse.Namespace,))
+    assert f"found {torch.__version__}" in str(info.value)
+    with pytest.raises(DependencyError, match=rf"torch>={deps.TORCH.minimum}"):
+        load_model_file(path)

@@ -64,7 +64,7 @@ def test_report_describes_and_commands_are_argument_lists():
     report = deps.DependencyReport("train", False, "2.0.0", False, [ABSENT], [])
     assert not report.ok
     text = report.describe()
-    assert "torch>=2.1 (found 2.0.0)" in text and "vmambax-no-such-package>=1.0" in text
+    assert "torch>=2.5 (found 2.0.0)" in text and "vmambax-no-such-package>=1.0" in text
     command = deps.install_command([ABSENT, "extra==1"], python="PythonSlicer")
     assert command == ["PythonSlicer", "-m", "pip", "install", "vmambax-no-such-package>=1.0",
                        "extra==1"]
@@ -248,7 +248,7 @@ def test_torch_comes_from_the_pytorch_extension(monkeypatch):
     ensure_dependencies("segment", **{**rec.kwargs(offer_gpu_extras=False),
                                       "install_torch": install_torch})
     assert rec.torch_calls == 1 and rec.installed == []  # never "pip install torch"
-    assert "PyTorch torch>=2.1" in rec.questions[0]
+    assert "PyTorch torch>=2.5" in rec.questions[0]
 
     state["torch"] = False
     with pytest.raises(DependencyError, match="PyTorch Utils"):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vmambax.errors import ModelFileError
+from vmambax.errors import DependencyError, ModelFileError
 
 # Token renames (old VMamba / reference names -> ours); applied to every dot-separated part.
 _TOKEN_RENAMES = {"ln_1": "norm", "self_attention": "ssm", "op": "ssm"}
@@ -78,7 +78,19 @@ def safe_torch_load(path, map_location="cpu", what: str = "checkpoint", mmap: bo
     problem = path_problem(path, what)
     if problem:
         raise ModelFileError(problem)
-    scope = torch.serialization.safe_globals(list(allow)) if allow else contextlib.nullcontext()
+    if allow:
+        safe_globals = getattr(torch.serialization, "safe_globals", None)
+        if safe_globals is None:  # added in torch 2.5
+            from vmambax.deps import TORCH
+
+            raise DependencyError(
+                f"cannot read {what} {path}: this PyTorch (found {torch.__version__}) is too old to "
+                f"load it safely (no torch.serialization.safe_globals); VMambaX needs {TORCH.spec}. "
+                f"Update PyTorch (pip install -U \"{TORCH.spec}\", or in 3D Slicer update the "
+                f"PyTorch extension).")
+        scope = safe_globals(list(allow))
+    else:
+        scope = contextlib.nullcontext()
     try:
         with scope:
             try:
