@@ -287,6 +287,16 @@ def test_missing_library_falls_back_to_chunked_and_says_why(monkeypatch, tmp_pat
         selective_scan(**x, backend="native")
 
 
+def test_a_relative_library_path_is_made_absolute(monkeypatch, tmp_path):
+    """dlopen searches LD_LIBRARY_PATH and the system folders for a bare name; never let it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(native.ENV_LIB, "libvmambax_scan.so")
+    assert native.library_path() == tmp_path.resolve() / "libvmambax_scan.so"
+    monkeypatch.setenv(native.ENV_LIB, "~/x/lib.so")
+    assert native.library_path() == (Path.home() / "x" / "lib.so").resolve()
+    assert native.library_path().is_absolute()
+
+
 def test_broken_library_file_is_reported(monkeypatch, tmp_path):
     bad = tmp_path / build_native.library_name()
     bad.write_bytes(b"not a shared library")

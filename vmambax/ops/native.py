@@ -39,7 +39,8 @@ def library_path() -> Path:
     from vmambax.ops.build_native import SOURCE_DIR, library_name  # lazily: it is also a __main__
 
     env = os.environ.get(ENV_LIB, "").strip()
-    return Path(env) if env else SOURCE_DIR / library_name()
+    # Absolute, so that dlopen never searches LD_LIBRARY_PATH or the system folders for a bare name.
+    return Path(env).expanduser().resolve() if env else (SOURCE_DIR / library_name()).resolve()
 
 
 @functools.lru_cache(maxsize=None)
