@@ -42,8 +42,6 @@ from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
 from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
 
-BROWSE_ITEM = "Browse…"
-
 
 #
 # Module
@@ -233,7 +231,10 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGUI = True
         try:
-            if self.ui.modelComboBox.findData(p.model) < 0 and p.model not in ("", "default"):
+            # A browsed model file not listed yet; an unknown name is a registered model not
+            # listed (yet: before the first install the registry cannot be read), not a file.
+            if (self.ui.modelComboBox.findData(p.model) < 0 and p.model not in ("", "default")
+                    and os.path.basename(p.model) != p.model):
                 self._addModelFile(p.model)
             _selectData(self.ui.modelComboBox, p.model)
             _selectData(self.ui.deviceComboBox, p.device)
@@ -261,10 +262,12 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             models = self.logic.availableModels()
             self._userModels = self.logic.userModelNames()
-        except Exception as exc:  # a broken user registry must not break the panel
+            registryRead = True
+        except Exception as exc:  # no torch yet, or a broken user registry: the panel still works
             logging.warning(f"VMambaX: cannot read the model registry: {exc}")
-            models, self._userModels = [], set()
-        selected = (self._parameterNode or self.logic.getParameterNode()).model
+            models, self._userModels, registryRead = [], set(), False
+        p = self._parameterNode or self.logic.getParameterNode()
+        selected = p.model
         refill_choices(combo, [("default", _("Default model"))] + [(n, n) for n, _d in models],
                        selected, fallback="default")
         for index, (_name, description) in enumerate(models, start=1):
@@ -273,8 +276,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if os.path.basename(selected) != selected:  # a browsed model file
                 self._addModelFile(selected)
                 _selectData(combo, selected)
-            elif self._parameterNode is not None:  # a registered model removed meanwhile
-                self._parameterNode.model = "default"
+            elif registryRead:  # a registered model removed meanwhile
+                p.model = "default"
+        self._updateModelInfo()  # the description and Remove follow the new list
 
     def _populateDevices(self):
         """(Re)list the devices with their names; the user's choice survives (a rebuilt list
@@ -310,6 +314,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.removeUserModel(name)
         except Exception as exc:
             show_error(exc, _("The model could not be removed"))
+            return
         if self._parameterNode is not None and self._parameterNode.model == name:
             self._parameterNode.model = "default"
         self._populateModels()
@@ -349,7 +354,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- running ----------------------------------------------------------------------------
     def _ensureDependencies(self):
         if self._dependenciesChecked:
-            return True
+            return
         from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
@@ -361,7 +366,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if notes:
             slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")
         self._populateDevices()  # a freshly installed CUDA torch adds the GPU; choice kept
-        return True
+        self._populateModels()  # the registry needs torch: before the install only the default
 
     def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
         from vmambax.data.patient import DifferentPatientsError
@@ -394,6 +399,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
             return
         except Exception as exc:
+            self.ui.statusLabel.text = _("Not started: {error}").format(error=exc)
             show_error(exc, _("VMambaX could not start"))
             self._updateButtons()
             return
@@ -430,12 +436,18 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Failed: {error}").format(error=exc)
             show_error(exc, _("VMambaX segmentation failed"))
         else:
-            self._showOutput(output)
+            try:  # the scene holds the result; a display problem must not escape the timer
+                self._showOutput(output)
+            except Exception as exc:
+                self.ui.statusLabel.text = _("Segmented, but the result could not be shown: "
+                                             "{error}").format(error=exc)
+                show_error(exc, _("VMambaX could not show the result"))
         finally:
             self._task = None
             token, self._taskToken = self._taskToken, None
             _BUSY.release(token)  # notifies both panels
         self._updateButtons()
+        self._updateModelInfo()  # Remove is offered again
 
     def _showOutput(self, output):
         # The user may have switched modules while it ran (exit() drops the parameter node).

@@ -334,3 +334,66 @@ def test_train_refuses_an_invalid_model_name_before_starting(gui, monkeypatch, t
         train.onStart(resume=False)
     assert record.runs == [] and len(gui.dialogs.errors) == 3
     assert all("invalid model name" in str(e) for e in gui.dialogs.errors)
+
+
+def test_segment_lists_registered_models_after_the_first_install(gui, monkeypatch):
+    from vmambax.errors import ConfigError
+
+    segment, _pet, record = _segment_panel(gui, monkeypatch)
+    p = segment._parameterNode
+    installed = []
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer",
+                        lambda feature, **k: installed.append(feature) or [])
+
+    def models():  # the registry imports torch: unreadable until the install
+        if not installed:
+            raise ImportError("No module named 'torch'")
+        return [("lung-run", "trained in 3D Slicer")]
+
+    monkeypatch.setattr(segment.logic, "availableModels", models)
+    monkeypatch.setattr(segment.logic, "userModelNames", lambda: {"lung-run"} if installed else set())
+    p.model = "lung-run"  # a saved scene's choice: a registered name, not a file
+    segment._populateModels()
+    combo = segment.ui.modelComboBox
+    assert combo.data() == ["default"] and p.model == "lung-run"  # kept, not a "file" item
+    segment.ui.segmentButton.click()
+    assert installed == ["segment"] and combo.data() == ["default", "lung-run"]
+    assert combo.currentData == "lung-run" and record.runs[0]["model"] == "lung-run"
+    record.task.done = True
+    segment._onTimer()
+
+    # Removal that fails keeps the choice; a name that vanished from the registry is reset.
+    def refuse(name):
+        raise ConfigError(f"cannot remove {name!r}")
+
+    monkeypatch.setattr(segment.logic, "removeUserModel", refuse)
+    segment.ui.removeModelButton.click()
+    assert gui.dialogs.errors == ["cannot remove 'lung-run'"] and p.model == "lung-run"
+    monkeypatch.setattr(segment.logic, "availableModels", lambda: [])
+    segment.exit()
+    segment._populateModels()  # no parameter node held: reset through the logic's
+    assert p.model == "default"
+
+
+def test_segment_start_and_display_failures_are_reported(gui, monkeypatch):
+    from vmambax.errors import InputError
+
+    segment, _pet, record = _segment_panel(gui, monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise InputError("the PET covers none of the CT")
+
+    monkeypatch.setattr(segment.logic, "segmentAsync", refuse)
+    segment.ui.segmentButton.click()
+    assert segment.ui.statusLabel.text == "Not started: the PET covers none of the CT"
+    assert gui.dialogs.errors == ["the PET covers none of the CT"] and not busy.SHARED.busy
+    monkeypatch.setattr(segment.logic, "segmentAsync", lambda *a, **k: record.task)
+    record.task.output.tableNode = None  # showing the table fails
+    monkeypatch.setattr(segment.ui.lesionTableView, "setMRMLTableNode",
+                        lambda node: (_ for _ in ()).throw(TypeError("no table")), raising=False)
+    segment.ui.segmentButton.click()
+    record.task.done = True
+    segment._onTimer()  # does not raise out of the timer
+    assert "could not be shown: no table" in segment.ui.statusLabel.text
+    assert len(gui.dialogs.errors) == 2 and "no table" in gui.dialogs.errors[1]
+    assert not busy.SHARED.busy and segment._task is None and segment.ui.segmentButton.enabled
