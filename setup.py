@@ -36,12 +36,14 @@ class BuildNativeScan(build_ext):
         if os.environ.get("VMAMBAX_NO_NATIVE", "").strip() not in ("", "0"):
             print("vmambax: VMAMBAX_NO_NATIVE is set: not building the native scan library")
             return
-        native = _build_native_module()
         in_place = self.inplace or getattr(self, "editable_mode", False)
-        out_dir = native.SOURCE_DIR if in_place else os.path.join(self.build_lib, "vmambax", "ops", "_native")
+        # All of it inside the try: loading the helper, finding the sources, compiling. Nothing
+        # of this optional library may ever make `pip install` fail.
         try:
+            native = _build_native_module()
+            out_dir = native.SOURCE_DIR if in_place else os.path.join(self.build_lib, "vmambax", "ops", "_native")
             path = native.build(out_dir)
-        except Exception as exc:  # BuildError, OSError: the package works without the library
+        except Exception as exc:  # BuildError, OSError, a broken helper: works without the library
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             print(f"vmambax: note: the native selective-scan library was not built ({first}); "
                   f"the chunked backend will be used. Rebuild later with "

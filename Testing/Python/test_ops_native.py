@@ -350,6 +350,22 @@ def test_setup_hook_builds_the_library_and_survives_a_missing_compiler(tmp_path)
     assert not (tmp_path / "no" / "vmambax" / "ops" / "_native" / build_native.library_name()).exists()
 
 
+@pytest.mark.parametrize("helper", [None, "raise ImportError('broken helper')\n",
+                                    "SOURCE_DIR = property()\ndef build(out):\n    raise OSError('x')\n"])
+def test_setup_hook_survives_a_missing_or_broken_build_helper(tmp_path, helper):
+    """Loading the helper by path and finding the sources are inside the hook's try as well."""
+    pytest.importorskip("setuptools")
+    tree = tmp_path / "tree"
+    (tree / "vmambax" / "ops").mkdir(parents=True)
+    shutil.copy2(ROOT / "setup.py", tree / "setup.py")
+    if helper is not None:
+        (tree / "vmambax" / "ops" / "build_native.py").write_text(helper)
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "out"),
+                           "--build-temp", str(tmp_path / "tmp")], cwd=tree, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "native selective-scan library was not built" in proc.stderr
+
+
 @pytest.mark.skipif(shutil.which("cmake") is None or build_native._find_cc() is None,
                     reason="needs cmake and a C compiler")
 def test_cmake_builds_a_library_the_loader_accepts(tmp_path, monkeypatch):
