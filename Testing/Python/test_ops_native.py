@@ -333,6 +333,48 @@ def test_build_without_a_compiler_is_a_clear_error(monkeypatch, tmp_path):
     assert not (tmp_path / "out" / build_native.library_name()).exists()
 
 
+@pytest.mark.skipif(build_native._find_cc() is None or sys.platform.startswith("win"),
+                    reason="needs a C compiler on PATH")
+def test_a_failed_copy_leaves_no_staging_file_and_keeps_the_old_library(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / build_native.library_name()).write_bytes(b"old")
+
+    def refuse(src, dst, *args, **kwargs):
+        Path(dst).write_bytes(b"partial")
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(build_native.shutil, "copy2", refuse)
+    with pytest.raises(build_native.BuildError, match="cannot write"):
+        build_native.build(out)
+    assert sorted(p.name for p in out.iterdir()) == [build_native.library_name()]
+    assert (out / build_native.library_name()).read_bytes() == b"old"
+
+
+def test_build_command_reports_os_errors_without_a_traceback(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert build_native.main(["--out-dir", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot build the native library into") and "Traceback" not in err
+
+
+def test_build_uses_a_temporary_folder_that_tolerates_cleanup_errors(tmp_path, monkeypatch):
+    """Windows cannot delete the staged DLL while it is loaded: that must not fail the build."""
+    seen = {}
+    real = build_native.tempfile.TemporaryDirectory
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_native.tempfile, "TemporaryDirectory", spy)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(build_native.BuildError):
+        build_native.build(tmp_path / "out")
+    assert seen.get("ignore_cleanup_errors") is True
+
+
 @pytest.mark.skipif(build_native._find_cc() is None, reason="needs a C compiler on PATH")
 def test_setup_hook_builds_the_library_and_survives_a_missing_compiler(tmp_path):
     """`pip install` runs this build_ext: with a compiler the library lands in the build tree;

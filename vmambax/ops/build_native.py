@@ -96,7 +96,8 @@ def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / library_name()
     sources = [str(SOURCE_DIR / name) for name in SOURCES]
-    with tempfile.TemporaryDirectory(prefix="vmambax-native-") as tmp:
+    # ignore_cleanup_errors: Windows cannot delete the staged DLL that _check_loads has loaded.
+    with tempfile.TemporaryDirectory(prefix="vmambax-native-", ignore_cleanup_errors=True) as tmp:
         staged = Path(tmp) / target.name
         if sys.platform.startswith("win"):
             _build_msvc(sources, staged, Path(tmp), list(extra_flags))
@@ -106,10 +107,15 @@ def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
                 raise BuildError("no C compiler found (set CC, or install gcc or clang)")
             _build_posix(cc, sources, staged, list(extra_flags))
         _check_loads(staged)
+        temporary = out_dir / (target.name + ".tmp")
         try:
-            shutil.copy2(staged, out_dir / (target.name + ".tmp"))
-            os.replace(out_dir / (target.name + ".tmp"), target)
+            shutil.copy2(staged, temporary)
+            os.replace(temporary, target)
         except OSError as exc:  # Windows: the old library is loaded by a running Python or Slicer
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass
             raise BuildError(f"cannot write {target} ({exc}); close the programs that use vmambax "
                              f"and build again") from exc
     return target
@@ -136,6 +142,12 @@ def main(argv=None) -> int:
             path = build(args.out_dir)
         except BuildError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:  # e.g. the output folder cannot be made, the disk is full
+            where = args.out_dir or SOURCE_DIR
+            print(f"error: cannot build the native library into {where}: {exc.strerror or exc}"
+                  + (f" ({exc.filename})" if exc.filename else "")
+                  + "; choose a writable folder with --out-dir", file=sys.stderr)
             return 2
         print(f"built {path}")
         if args.out_dir:
