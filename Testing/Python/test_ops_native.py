@@ -425,6 +425,46 @@ def test_cmake_builds_a_library_the_loader_accepts(tmp_path, monkeypatch):
                    sequential_selective_scan(**x, delta_softplus=True)) < 1e-5
 
 
+def test_build_without_the_c_sources_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(build_native, "SOURCE_DIR", tmp_path / "no-sources")
+    with pytest.raises(build_native.BuildError, match="the C sources are not installed"):
+        build_native.build(tmp_path / "out")
+
+
+def _native_block_of_the_extension_cmake() -> str:
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    start = text.index("option(VMAMBAX_BUILD_NATIVE_SCAN")
+    return text[start:text.index("#----", start)]
+
+
+def test_extension_cmake_installs_the_c_sources_with_the_package():
+    block = _native_block_of_the_extension_cmake()
+    assert "vmambax/ops/_native/*.c" in block and "vmambax/ops/_native/*.h" in block
+    assert "install(FILES ${VMAMBAX_NATIVE_SOURCES}" in block
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None or build_native._find_cc() is None,
+                    reason="needs cmake and a C compiler")
+def test_extension_native_block_builds_and_installs_library_and_sources(tmp_path):
+    """The top-level CMakeLists' native block, with Slicer's two folder variables stood in."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "vmambax" / "ops" / "_native", src / "vmambax" / "ops" / "_native",
+                    ignore=shutil.ignore_patterns("*.so", "*.dylib", "*.dll", "build*"))
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.16.3)\nproject(T C)\n"
+        "set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/qt-scripted-modules)\n"
+        "set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/qt-scripted-modules)\n"
+        + _native_block_of_the_extension_cmake(), encoding="utf-8")
+    build, prefix = tmp_path / "b", tmp_path / "prefix"
+    for cmd in (["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release"],
+                ["cmake", "--build", str(build)], ["cmake", "--install", str(build), "--prefix", str(prefix)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for root in (build, prefix):
+        folder = root / "lib" / "qt-scripted-modules" / "vmambax" / "ops" / "_native"
+        assert {"scan.c", "scan_kernel.h", build_native.library_name()} <= {p.name for p in folder.iterdir()}, root
+
+
 def test_bench_scan_compares_native_and_chunked_in_one_run(lib, tmp_path, capsys):
     from vmambax.cli import main
 

@@ -95,6 +95,11 @@ def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
     out_dir = Path(out_dir) if out_dir is not None else SOURCE_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / library_name()
+    missing = [name for name in SOURCES if not (SOURCE_DIR / name).is_file()]
+    if missing:
+        raise BuildError(f"the C sources are not installed ({', '.join(missing)} not in {SOURCE_DIR}), "
+                         f"so the native library cannot be built here; reinstall vmambax from its "
+                         f"source (pip install, or the Slicer extension) with a C compiler")
     sources = [str(SOURCE_DIR / name) for name in SOURCES]
     # ignore_cleanup_errors: Windows cannot delete the staged DLL that _check_loads has loaded.
     with tempfile.TemporaryDirectory(prefix="vmambax-native-", ignore_cleanup_errors=True) as tmp:
