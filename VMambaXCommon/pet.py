@@ -26,6 +26,8 @@ import SimpleITK as sitk
 
 from vmambax.errors import ConfigError, InputError
 
+from VMambaXCommon import dicom_tags
+
 PET_UNITS = ("auto", "bqml", "suv")
 PET_UNITS_LABELS = {
     "auto": "Auto-detect",
@@ -47,13 +49,7 @@ def pet_tags_from_node(pet_node) -> dict | None:
     Reads the headers of all the series' files (the earliest acquisition time is the scan
     start, as QIBA specifies). Returns None outside Slicer or when the files are gone.
     """
-    uids = (pet_node.GetAttribute("DICOM.instanceUIDs") or "").split()
-    if not uids:
-        return None
-    database = _dicom_database()
-    if database is None:
-        return None
-    files = [f for f in (database.fileForInstance(uid) for uid in uids) if f]
+    files = dicom_tags.node_dicom_files(pet_node)
     if not files:
         return None
     from vmambax.data.dicom import read_tags, series_tags
@@ -144,7 +140,7 @@ def units_from_node(pet_node, rwvm_file: Callable[[str], str | None] | None = No
         return UnitsDecision("suv", f"node voxel-value quantity {quantity[0]} ({meaning})")
     uid = (pet_node.GetAttribute("DICOM.RWV.instanceUID") or "").strip()
     if uid:
-        path = (rwvm_file or _file_for_instance)(uid)
+        path = (rwvm_file or dicom_tags.file_for_instance)(uid)
         if path:
             decision = units_from_code(rwvm_units_from_file(path), f"RWVM {uid}")
             if decision is not None:
@@ -164,20 +160,6 @@ def rwvm_units_from_file(path) -> tuple[str, str, str] | None:
         return None
     return _code((units.get("CodeValue"), units.get("CodingSchemeDesignator"),
                   units.get("CodeMeaning")))
-
-
-def _dicom_database():
-    try:
-        import slicer
-
-        return slicer.dicomDatabase
-    except AttributeError:  # slicer-core: no application, no DICOM database
-        return None
-
-
-def _file_for_instance(uid: str) -> str | None:
-    database = _dicom_database()
-    return (database.fileForInstance(uid) or None) if database is not None else None
 
 
 def pet_node_to_suv(pet_node, units: str = "auto", tags=None, weight_kg: float | None = None,

@@ -121,3 +121,34 @@ def test_identity_comes_from_the_nodes_dicom_instances(scene_case, tmp_path, mon
     finally:
         for node in (ct, pet):
             node.RemoveAttribute("DICOM.instanceUIDs")
+
+
+def test_one_dicom_database_lookup_serves_identity_suv_tags_rwvm_and_modality(scene_case,
+                                                                               monkeypatch):
+    """All the modules' DICOM-database look-ups go through VMambaXCommon.dicom_tags."""
+    from VMambaXCommon import dicom_tags, pet as pet_module
+    from VMambaXSegmentLib import inputs
+
+    _, ct, pet, _ = scene_case
+    assert dicom_tags.dicom_database() is None  # slicer-core
+    assert dicom_tags.file_for_instance("1.2") is None and dicom_tags.instance_value("1.2", "x") == ""
+
+    class Database(_FakeDicomDatabase):
+        def instanceValue(self, uid, tag):  # noqa: N802 - Slicer's name
+            return {("1.2.3", "0008,0060"): "PT"}.get((uid, tag), "")
+
+    asked = []
+    monkeypatch.setattr(slicer, "dicomDatabase", Database({"1.2.3": ""}), raising=False)
+    monkeypatch.setattr(dicom_tags, "file_for_instance",
+                        lambda uid: asked.append(uid) or None)
+    pet.SetAttribute("DICOM.instanceUIDs", "1.2.3")
+    pet.SetAttribute("DICOM.RWV.instanceUID", "9.8.7")
+    try:
+        assert inputs.dicom_modality(pet) == "PT"
+        assert dicom_tags.identity_tags_from_node(pet) is None  # the file is gone
+        assert pet_module.pet_tags_from_node(pet) is None
+        pet_module.units_from_node(pet)
+        assert asked == ["1.2.3", "1.2.3", "9.8.7"]
+    finally:
+        pet.RemoveAttribute("DICOM.instanceUIDs")
+        pet.RemoveAttribute("DICOM.RWV.instanceUID")

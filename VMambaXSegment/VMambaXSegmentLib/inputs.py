@@ -13,6 +13,8 @@ from typing import Callable, Iterable
 
 from vmambax.errors import InputError
 
+from VMambaXCommon import dicom_tags
+
 MODALITY_TAG = "0008,0060"
 CT_WORDS = frozenset({"ct"})
 PET_WORDS = frozenset({"pet", "suv", "suvbw", "fdg"})  # not "pt": also "patient"
@@ -32,23 +34,12 @@ def name_words(name: str) -> list[str]:
     return [w.lower() for w in words if w]
 
 
-def _database_instance_value(uid: str, tag: str) -> str:
-    """A tag of a DICOM instance from Slicer's DICOM database ("" outside Slicer)."""
-    try:
-        import slicer
-
-        database = slicer.dicomDatabase
-    except AttributeError:  # slicer-core: no application, no DICOM database
-        return ""
-    return (database.instanceValue(uid, tag) or "") if database is not None else ""
-
-
 def dicom_modality(node, instance_value: InstanceValue | None = None) -> str:
     """The DICOM Modality of the node's first file (``CT``, ``PT``...), "" when not from DICOM."""
-    uids = (node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    uids = dicom_tags.instance_uids(node)
     if not uids:
         return ""
-    return (instance_value or _database_instance_value)(uids[0], MODALITY_TAG).strip().upper()
+    return (instance_value or dicom_tags.instance_value)(uids[0], MODALITY_TAG).strip().upper()
 
 
 def _units_say_pet(node) -> bool:
