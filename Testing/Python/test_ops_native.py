@@ -188,6 +188,30 @@ def test_float64_goes_to_chunked_and_low_precision_returns_its_dtype(lib):
     assert ya.dtype == torch.float32 and rel_err(ya, y) < 1e-6
 
 
+_OVERFLOW_SCRIPT = """
+import ctypes, sys
+from vmambax.ops import native
+lib = native._load()[0]
+buf = (ctypes.c_float * 64)()
+p = ctypes.addressof(buf)
+big = 1 << 62  # b*g*l*np = 2**64 wraps to 0 in 64-bit size arithmetic
+fwd = lib.vmx_scan_forward(p, p, p, p, p, None, None, p, 1, 1, 1, 1, big, 4, 0, 1, -1)
+bwd = lib.vmx_scan_backward(p, p, p, p, p, None, None, p, p, p, p, p, p, None, None,
+                            1, 1, 1, 1, big, 4, 0, 1, -1)
+fwd2 = lib.vmx_scan_forward(p, p, p, p, p, None, None, p, 1 << 40, 1, 1, 1, 1 << 22, 4, 0, 1, -1)
+print(fwd, bwd, fwd2)
+"""
+
+
+def test_buffer_sizes_that_overflow_are_refused_as_out_of_memory(lib):
+    """The C side computes b*g*l*np etc. in 64 bits; a product that wraps must not become a
+    small buffer that the kernels then write past (a crash, here in a child process)."""
+    proc = subprocess.run([sys.executable, "-c", _OVERFLOW_SCRIPT], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-500:]}"
+    assert proc.stdout.split() == ["2", "2", "2"]
+
+
 def test_kernel_exp_is_accurate_without_libm(lib):
     x = torch.cat([torch.linspace(-86.0, 88.0, 400_003), torch.linspace(-1e-3, 1e-3, 1001)])
     y = native.kernel_exp(x).double()

@@ -134,9 +134,28 @@ struct vmx_job {
     int64_t units;
     int64_t scratch_floats; /* per thread */
     volatile int64_t next;
-    volatile int failed;
+    volatile int32_t failed; /* 32 bits: InterlockedExchange's LONG */
     const void *args;
 };
+
+/* The shared flag is written (and read) atomically, like the unit counter. */
+static void vmx_set_failed(vmx_job *job)
+{
+#ifdef _WIN32
+    InterlockedExchange((volatile LONG *)&job->failed, 1);
+#else
+    __atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+#endif
+}
+
+static int vmx_has_failed(vmx_job *job)
+{
+#ifdef _WIN32
+    return (int)InterlockedCompareExchange((volatile LONG *)&job->failed, 0, 0);
+#else
+    return __atomic_load_n(&job->failed, __ATOMIC_RELAXED);
+#endif
+}
 
 static int64_t vmx_claim(vmx_job *job)
 {
@@ -152,12 +171,12 @@ static void vmx_work(vmx_job *job)
     float *scratch = (float *)malloc((size_t)job->scratch_floats * sizeof(float));
     int64_t i;
     if (!scratch) {
-        job->failed = 1;
+        vmx_set_failed(job);
         return;
     }
-    while (!job->failed && (i = vmx_claim(job)) < job->units) {
+    while (!vmx_has_failed(job) && (i = vmx_claim(job)) < job->units) {
         if (job->unit(job, i, scratch))
-            job->failed = 1;
+            vmx_set_failed(job);
     }
     free(scratch);
 }
@@ -199,7 +218,7 @@ static int vmx_run(vmx_job *job, int threads)
         pthread_join(ids[i], NULL);
 #endif
     }
-    return job->failed ? 2 : 0;
+    return vmx_has_failed(job) ? 2 : 0;
 }
 
 /* ------------------------------------------------------------------ layouts */
@@ -238,6 +257,20 @@ static void vmx_channel_major(const float *src, float *dst, int64_t bg, int64_t 
     }
 }
 
+/* Element counts of the buffers are products of the sizes; a product that does not fit (in
+ * int64 offsets and in size_t bytes of doubles) would wrap to a small buffer that the kernels
+ * then write past. vmx_prod(a, b) is a * b, or -1 when it would exceed that limit (or a or b is
+ * -1 already), so chains of it report any overflow at the end. */
+#define VMX_MAX_ELEMS ((int64_t)(((uint64_t)SIZE_MAX < (uint64_t)INT64_MAX ? (uint64_t)SIZE_MAX \
+                                                                          : (uint64_t)INT64_MAX) / sizeof(double)))
+
+static int64_t vmx_prod(int64_t a, int64_t b)
+{
+    if (a < 0 || b < 0 || (a != 0 && b > VMX_MAX_ELEMS / a))
+        return -1;
+    return a * b;
+}
+
 static int vmx_bad_sizes(int64_t b, int64_t d, int64_t g, int64_t n, int64_t l, int64_t np)
 {
     return b < 1 || d < 1 || g < 1 || l < 1 || n < 1 || n > np || d % g ||
@@ -250,7 +283,7 @@ typedef struct {
     const struct ku_kernels *k;
     const float *u, *delta, *A, *Bt, *Ct, *D, *bias;
     float *y;
-    int64_t b, d, g, l, np;
+    int64_t d, g, l, np;
     int softplus, pairs; /* pairs: units are pairs of channels (np == 4, d/g even) */
 } vmx_fwd_args;
 
@@ -297,6 +330,8 @@ VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A,
     int rc;
     if (vmx_bad_sizes(b, d, g, n, l, np))
         return 1;
+    if (vmx_prod(vmx_prod(vmx_prod(b, g), l), np) < 0 || vmx_prod(b, d) < 0 || vmx_prod(4, l) < 0)
+        return 2; /* buffer sizes beyond the address space */
     Bt = vmx_time_major(B, b * g, n, l, np);
     Ct = Bt ? vmx_time_major(C, b * g, n, l, np) : NULL;
     if (!Ct) {
@@ -306,7 +341,7 @@ VMX_API int vmx_scan_forward(const float *u, const float *delta, const float *A,
     args.k = vmx_pick(isa);
     args.u = u; args.delta = delta; args.A = A; args.Bt = Bt; args.Ct = Ct;
     args.D = D; args.bias = bias; args.y = y;
-    args.b = b; args.d = d; args.g = g; args.l = l; args.np = np; args.softplus = softplus;
+    args.d = d; args.g = g; args.l = l; args.np = np; args.softplus = softplus;
     args.pairs = np == 4 && (d / g) % 2 == 0;
     job.unit = vmx_fwd_unit;
     job.units = args.pairs ? b * d / 2 : b * d;
@@ -325,7 +360,7 @@ typedef struct {
     const float *u, *delta, *A, *Bt, *Ct, *D, *bias, *gy;
     float *gu, *gdelta, *gBt, *gCt; /* gBt/gCt: (b, g, S, l, np) unit accumulators, zeroed */
     double *gA, *gD, *gbias;        /* per (batch, channel) partial sums, reduced afterwards */
-    int64_t b, d, g, l, np, slices;
+    int64_t d, g, l, np, slices;
     int softplus;
 } vmx_bwd_args;
 
@@ -387,6 +422,9 @@ VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A
         return 1;
     S = vmx_slices(b, d, g);
     ns = np >= 16 ? 16 : np;
+    if (vmx_prod(vmx_prod(vmx_prod(vmx_prod(b, g), l), np), S) < 0 || vmx_prod(vmx_prod(b, d), np + 2) < 0 ||
+        vmx_prod(l + 1, 5 + 2 * ns) < 0)
+        return 2; /* buffer sizes beyond the address space (the scratch: 5 l + (2 l + 1) ns) */
     bc_size = (size_t)(b * g * l * np);
     Bt = vmx_time_major(B, b * g, n, l, np);
     Ct = vmx_time_major(C, b * g, n, l, np);
@@ -404,7 +442,7 @@ VMX_API int vmx_scan_backward(const float *u, const float *delta, const float *A
     args.D = D; args.bias = bias; args.gy = gy;
     args.gu = gu; args.gdelta = gdelta; args.gBt = gB_units; args.gCt = gC_units;
     args.gA = partials; args.gD = partials + b * d * np; args.gbias = args.gD + b * d;
-    args.b = b; args.d = d; args.g = g; args.l = l; args.np = np; args.slices = S;
+    args.d = d; args.g = g; args.l = l; args.np = np; args.slices = S;
     args.softplus = softplus;
     job.unit = vmx_bwd_unit;
     job.units = b * g * S;
