@@ -3,7 +3,8 @@
 Keys are what ``vmambax.infer.devices.resolve_device`` and ``vmambax train --accelerator``
 understand; labels are the words a user reads in the combo box. ``refill_choices`` refills a
 combo box without losing the user's choice (the device used to fall back to "auto" when the list
-was rebuilt after the first dependency install).
+was rebuilt after the first dependency install); ``select_data`` selects a key in any of the
+panels' combo boxes.
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ def refill_choices(combo, choices, selected: str | None, fallback: str = "auto")
     finally:
         combo.blockSignals(was_blocked)
     return key
+
+
+def select_data(combo, data) -> bool:
+    """Select the item whose data is ``data`` (no signal when it already is); False when the
+    combo box has no such item (the selection is then left as it is)."""
+    index = combo.findData(data)
+    if index >= 0 and index != combo.currentIndex:
+        combo.setCurrentIndex(index)
+    return index >= 0

@@ -1,4 +1,5 @@
-"""How a finished run is shown: the PET fused over the CT in every slice view, with a PET colour map.
+"""PET over CT, as both the finished run and the Sample Data phantom are shown: the PET fused over
+the CT in every slice view, with Slicer's PET colour map.
 
 Qt-free (MRML only), so slicer-core tests check it on a real scene: the slice composite nodes
 get the CT as background and the PET as foreground at half opacity (what
@@ -30,15 +31,18 @@ def pet_heat_color_node(scene):
     return node
 
 
-def show_pet_over_ct(ct_node, pet_node, opacity: float = FOREGROUND_OPACITY) -> None:
+def show_pet_over_ct(ct_node, pet_node, opacity: float = FOREGROUND_OPACITY,
+                     auto_window_level: bool = True) -> None:
     """CT in the background and the PET (PET-Heat colours) in the foreground of every slice
-    view of the CT's scene."""
+    view of the CT's scene; ``auto_window_level=False`` keeps the PET's own window (the
+    phantom sample's 0-8 SUV)."""
     scene = ct_node.GetScene()
     if pet_node.GetDisplayNode() is None:
         pet_node.CreateDefaultDisplayNodes()
     display = pet_node.GetDisplayNode()
     display.SetAndObserveColorNodeID(pet_heat_color_node(scene).GetID())
-    display.AutoWindowLevelOn()  # Bq/mL or SUV: the PET node keeps its own units
+    if auto_window_level:
+        display.AutoWindowLevelOn()  # Bq/mL or SUV: the PET node keeps its own units
     for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
         composite = scene.GetNthNodeByClass(i, "vtkMRMLSliceCompositeNode")
         composite.SetBackgroundVolumeID(ct_node.GetID())

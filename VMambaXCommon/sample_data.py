@@ -48,6 +48,7 @@ def add_phantom_sample(scene, seed: int = SEED, size: int = SIZE, n_slices: int 
     import slicer
 
     from vmambax.phantom import make_phantom
+    from VMambaXCommon.display import pet_heat_color_node
     from VMambaXCommon.mrml_sitk import add_volume_node_from_image
 
     phantom = make_phantom(seed=seed, size=size, n_slices=n_slices)
@@ -62,9 +63,8 @@ def add_phantom_sample(scene, seed: int = SEED, size: int = SIZE, n_slices: int 
     pet_display = pet.GetDisplayNode()
     pet_display.AutoWindowLevelOff()
     pet_display.SetWindowLevelMinMax(0.0, 8.0)
-    pet_colours = scene.GetNodeByID("vtkMRMLPETProceduralColorNodePET-Heat")
-    if pet_colours is not None:  # a full Slicer has it; a bare slicer-core scene may not
-        pet_display.SetAndObserveColorNodeID(pet_colours.GetID())
+    # Slicer's PET-Heat node (made when a bare slicer-core scene lacks it), as after a run.
+    pet_display.SetAndObserveColorNodeID(pet_heat_color_node(scene).GetID())
 
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     patient = sh.CreateSubjectItem(sh.GetSceneItemID(), f"VMambaX phantom {seed} (synthetic)")

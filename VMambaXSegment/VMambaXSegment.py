@@ -37,7 +37,7 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
-from VMambaXCommon.devices import refill_choices
+from VMambaXCommon.devices import refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
 from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
@@ -81,13 +81,15 @@ def registerSampleData():
 
 def loadPhantomSample(source=None):
     """The Sample Data button: build the phantom, add CT + PET (SUV), show them fused."""
+    from VMambaXCommon.display import show_pet_over_ct
     from VMambaXCommon.sample_data import add_phantom_sample
 
     with slicer.util.tryWithErrorDisplay("Could not create the VMambaX phantom.", waitCursor=True):
         slicer.util.showStatusMessage("Generating the synthetic VMambaX PET/CT phantom…", 3000)
         ct, pet = add_phantom_sample(slicer.mrmlScene)
-        slicer.util.setSliceViewerLayers(background=ct, foreground=pet, foregroundOpacity=0.4,
-                                         fit=True)
+        # As a finished run shows them; the sample keeps its 0-8 SUV window.
+        show_pet_over_ct(ct, pet, auto_window_level=False)
+        slicer.util.setSliceViewerLayers(fit=True)
         return [ct, pet]
 
 
@@ -236,9 +238,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if (self.ui.modelComboBox.findData(p.model) < 0 and p.model not in ("", "default")
                     and os.path.basename(p.model) != p.model):
                 self._addModelFile(p.model)
-            _selectData(self.ui.modelComboBox, p.model)
-            _selectData(self.ui.deviceComboBox, p.device)
-            _selectData(self.ui.petUnitsComboBox, p.petUnits)
+            select_data(self.ui.modelComboBox, p.model)
+            select_data(self.ui.deviceComboBox, p.device)
+            select_data(self.ui.petUnitsComboBox, p.petUnits)
         finally:
             self._updatingGUI = False
         self._updateModelInfo()
@@ -275,7 +277,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if selected and combo.findData(selected) < 0 and selected != "default":
             if os.path.basename(selected) != selected:  # a browsed model file
                 self._addModelFile(selected)
-                _selectData(combo, selected)
+                select_data(combo, selected)
             elif registryRead:  # a registered model removed meanwhile
                 p.model = "default"
         self._updateModelInfo()  # the description and Remove follow the new list
@@ -460,17 +462,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
-        from VMambaXSegmentLib.display import show_pet_over_ct
+        from VMambaXCommon.display import show_pet_over_ct
 
         if p.ctVolume and p.petVolume:
             show_pet_over_ct(p.ctVolume, p.petVolume)  # PET-Heat over the CT, half opacity
             slicer.util.setSliceViewerLayers(fit=True)
-
-
-def _selectData(combo, data):
-    index = combo.findData(data)
-    if index >= 0 and index != combo.currentIndex:
-        combo.setCurrentIndex(index)
 
 
 def _guessPetCt():

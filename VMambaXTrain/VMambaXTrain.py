@@ -38,7 +38,7 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
-from VMambaXCommon.devices import device_choices, refill_choices
+from VMambaXCommon.devices import device_choices, refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
 from VMambaXTrainLib.logic import TrainingCase, defaultConfig
@@ -222,8 +222,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self._updatingGUI = True  # the widgets' change signals must not save half-set values
         try:
-            _selectData(self.ui.configComboBox, p.config)
-            _selectData(self.ui.trainDeviceComboBox, p.device)
+            select_data(self.ui.configComboBox, p.config)
+            select_data(self.ui.trainDeviceComboBox, p.device)
             if self.ui.runFolderPathLineEdit.currentPath != p.runFolder:
                 self.ui.runFolderPathLineEdit.currentPath = p.runFolder
             if self.ui.dataFolderPathLineEdit.currentPath != p.dataFolder:
@@ -468,12 +468,6 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = _("Done. Model {name} is registered: choose it in VMambaX Segment. "
                      "File: {file}")
         self.ui.statusLabel.text = text.format(name=repr(entry.name), file=entry.file)
-
-
-def _selectData(combo, data):
-    index = combo.findData(data)
-    if index >= 0 and index != combo.currentIndex:
-        combo.setCurrentIndex(index)
 
 
 #

@@ -19,7 +19,7 @@ from vmambax.errors import ConfigError  # noqa: E402
 from VMambaXCommon import devices, processes  # noqa: E402
 from VMambaXCommon.busy import Busy, BusyGuard  # noqa: E402
 from VMambaXCommon.reloading import reload_packages  # noqa: E402
-from VMambaXSegmentLib.display import pet_heat_color_node, show_pet_over_ct  # noqa: E402
+from VMambaXCommon.display import pet_heat_color_node, show_pet_over_ct  # noqa: E402
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
 from VMambaXTrainLib.logic import TrainingRun, VMambaXTrainLogic, defaultConfig  # noqa: E402
 from VMambaXTrainLib.run_lock import RunLock  # noqa: E402
@@ -97,6 +97,15 @@ def test_refilling_the_device_list_keeps_the_users_choice():
     for key, label in devices.device_choices(cuda=True, mps=False):
         combo.addItem(label, key)
     assert saved["device"] == "auto"
+
+
+def test_select_data_selects_by_key_and_leaves_unknown_keys_alone():
+    changes = []
+    combo = FakeCombo(changes.append)
+    devices.refill_choices(combo, devices.device_choices(cuda=True, mps=False), "auto")
+    assert devices.select_data(combo, "cuda") and combo.currentData == "cuda"
+    assert devices.select_data(combo, "cuda") and changes == ["cuda"]  # no second signal
+    assert not devices.select_data(combo, "mps") and combo.currentData == "cuda"
 
 
 def test_train_default_network_is_nano_without_cuda():

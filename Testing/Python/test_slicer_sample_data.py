@@ -146,6 +146,16 @@ def test_module_registers_the_sample_after_startup():
     assert "loadPhantomSample" in ast.unparse(register)
     loader = _function(tree, "loadPhantomSample")
     assert "add_phantom_sample" in _calls(loader) and "slicer.mrmlScene" in ast.unparse(loader)
+    # Shown as a finished run shows PET over CT (one helper: colours, opacity).
+    assert "show_pet_over_ct" in _calls(loader)
+    assert "foregroundOpacity" not in ast.unparse(loader)
+
+
+def test_sample_pet_gets_pet_heat_colours_in_a_bare_scene_too():
+    scene = slicer.vtkMRMLScene()  # no Colors module
+    _ct, pet = sample_data.add_phantom_sample(scene, size=64, n_slices=4)
+    colours = scene.GetNodeByID(pet.GetDisplayNode().GetColorNodeID())
+    assert colours is not None and colours.GetName() == "PET-Heat"
 
 
 def test_sample_needs_none_of_the_packages_installed_on_first_use():
