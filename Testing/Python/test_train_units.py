@@ -315,3 +315,36 @@ def test_bench_train_reports_throughput_and_memory():
     assert r["scan_backend"] == active_backend("cpu")  # native when its library is built, else chunked
     with pytest.raises(ConfigError, match="at least 2"):
         bench_train("vmambax-nano", size=128, batch=1, device="cpu")
+
+
+# ----------------------------------------------------------------------------- checkpoint reads
+
+def test_checkpoint_readers_use_the_shared_safe_load(tmp_path, monkeypatch):
+    """read_checkpoint_config and model_state_from_checkpoint go through safe_torch_load: its
+    folder check, and the legacy (non-zip) fallback of the memory-mapped load."""
+    from vmambax.errors import InputError, ModelFileError
+    from vmambax.model import pretrained
+    from vmambax.train.export import model_state_from_checkpoint
+    from vmambax.train.run import HPARAMS_KEY, read_checkpoint_config
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    with pytest.raises(InputError, match="is a folder.*To resume"):
+        read_checkpoint_config(folder)
+    with pytest.raises(ModelFileError, match="is a folder"):
+        model_state_from_checkpoint(folder)
+    with pytest.raises(InputError, match="does not exist"):
+        read_checkpoint_config(tmp_path / "missing.ckpt")
+    with pytest.raises(ModelFileError, match="does not exist"):
+        model_state_from_checkpoint(tmp_path / "missing.ckpt")
+
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"hyper_parameters": {HPARAMS_KEY: {"epochs": 3}},
+                "state_dict": {"model.w": torch.ones(2), "other": torch.zeros(1)}},
+               legacy, _use_new_zipfile_serialization=False)
+    calls = []
+    real = pretrained.safe_torch_load
+    monkeypatch.setattr(pretrained, "safe_torch_load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert read_checkpoint_config(legacy) == {"epochs": 3}
+    assert list(model_state_from_checkpoint(legacy)) == ["w"]
+    assert len(calls) == 2

@@ -45,14 +45,10 @@ def git_commit() -> str | None:
 
 def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The network's weights from a Lightning training checkpoint (weights-only load)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ModelFileError(f"training checkpoint {path} does not exist.") from None
-    except Exception as exc:  # a truncated or foreign file, or a refused pickle
-        from vmambax.model.pretrained import describe_load_failure
+    from vmambax.model.pretrained import safe_torch_load
 
-        raise ModelFileError(describe_load_failure(exc, path, "training checkpoint")) from None
+    # ModelFileError for a missing file, a folder, a truncated or foreign file, a refused pickle
+    ckpt = safe_torch_load(path, what="training checkpoint")
     state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not state:
         raise ModelFileError(f"{path} is not a VMambaX training checkpoint (no state_dict).")

@@ -45,18 +45,17 @@ class TrainResult:
 # ---------------------------------------------------------------------------- resume helpers
 def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
     """The TrainConfig dict stored in a training checkpoint."""
-    import torch
+    from vmambax.errors import ModelFileError
+    from vmambax.model.pretrained import safe_torch_load
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except FileNotFoundError:
+    path = Path(os.fspath(path)).expanduser()
+    if not path.exists():
         raise InputError(f"checkpoint {path} does not exist; give --resume RUN_DIR/checkpoints/last.ckpt "
-                         "of an earlier run (or start a new run without --resume).") from None
-    except Exception as exc:
-        from vmambax.model.pretrained import describe_load_failure
-
-        raise InputError(f"{describe_load_failure(exc, path)} To resume, give another checkpoint "
-                         "of the run (RUN_DIR/checkpoints/).") from None
+                         "of an earlier run (or start a new run without --resume).")
+    try:  # weights-only, memory-mapped (legacy files the ordinary way); a folder is named one
+        ckpt = safe_torch_load(path, what="checkpoint", mmap=True)
+    except ModelFileError as exc:
+        raise InputError(f"{exc} To resume, give another checkpoint of the run (RUN_DIR/checkpoints/).") from None
     hp = (ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
     if HPARAMS_KEY not in hp:
         raise InputError(f"{path} is not a `vmambax train` checkpoint (no training configuration in it).")
