@@ -356,9 +356,14 @@ def test_b_and_c_with_different_group_counts_are_input_errors(groups_b, groups_c
 
 # ----------------------------------------------------------------------------- bench command
 
-def test_bench_scan_command_runs_backends_in_fresh_processes(tmp_path, capsys):
+def test_bench_scan_command_runs_backends_in_fresh_processes(tmp_path, capsys, monkeypatch):
+    import vmambax.bench
     from vmambax.cli import main
 
+    written = []
+    real_emit = vmambax.bench.emit_json
+    monkeypatch.setattr(vmambax.bench, "emit_json", lambda result, path: written.append(path)
+                        or real_emit(result, path))  # the one JSON writer of the benchmarks
     out = tmp_path / "scan.json"
     rc = main(["bench", "scan", "--length", "40", "--dim", "8", "--state", "4", "--groups", "2",
                "--repeats", "1", "--threads", "1", "--backward", "--json", str(out)])
@@ -368,6 +373,7 @@ def test_bench_scan_command_runs_backends_in_fresh_processes(tmp_path, capsys):
     import json
 
     report = json.loads(out.read_text())
+    assert written == [str(out)]
     res = report["results"]
     assert report["reference"] == "sequential" and report["threads"] == 1
     assert res["sequential"]["max_rel_diff"] == 0 and res["chunked"]["max_rel_diff"] < 1e-5

@@ -127,10 +127,9 @@ def run(args) -> int:
         if "profile" in res:
             print(f"\n{name}: one forward call under torch.profiler\n{res['profile']}")
     if args.json_path:
-        from vmambax.utils import atomic_path
+        from vmambax import bench
 
-        with atomic_path(args.json_path) as tmp_path:
-            tmp_path.write_text(json.dumps(report, indent=2))
+        bench.emit_json(report, args.json_path)
     return 0
 
 
