@@ -51,56 +51,6 @@ def model_unavailable(extra: tuple[str, ...] = ()) -> str | None:
         return None
     return (f"{' and '.join(missing)} not importable (as on the Slicer extension factory): "
             "skipping the self-test parts that run the network; the logic parts still run")
-def register_segmentation_converters() -> None:
-    """Register the closed surface <-> binary labelmap conversion rules.
-
-    A running 3D Slicer registers them at start-up (Segmentations module; SlicerRT adds planar
-    contours); bare slicer-core (the tests) has none, so contour-based segmentations could not
-    be converted there. Registering twice is avoided.
-    """
-    import slicer
-
-    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
-    have = {type(rule).__name__ for rule in factory.GetConverterRules()}
-    for name in ("vtkBinaryLabelmapToClosedSurfaceConversionRule",
-                 "vtkClosedSurfaceToBinaryLabelmapConversionRule"):
-        if name not in have:
-            factory.RegisterConverterRule(getattr(slicer, name)())
-
-
-def add_closed_surface_segmentation(scene, polydata, name: str = "GTV (contours)",
-                                    segment_name: str = "GTV"):
-    """A segmentation whose only representation is a closed surface, as SlicerRT makes from an
-    RTSTRUCT (no binary labelmap, no reference geometry)."""
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    seg.SetSourceRepresentationToClosedSurface()
-    segment_id = seg.AddSegmentFromClosedSurfaceRepresentation(polydata, segment_name, [1.0, 0.0, 0.0])
-    return seg, segment_id
-
-
-def label_surface(label_array, ijk_to_ras_matrix):
-    """The closed surface (vtkPolyData, RAS) of a 0/1 ``(z, y, x)`` label, made by Slicer's own
-    labelmap-to-surface conversion (what contours of a drawn tumour look like)."""
-    import slicer
-
-    register_segmentation_converters()
-    temp = slicer.vtkSegmentation()
-    temp.SetSourceRepresentationName(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
-    segment_id = temp.AddEmptySegment("tumour")
-    temp.GetSegment(segment_id).AddRepresentation(
-        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
-        oriented_image_from_array(np.asarray(label_array, np.uint8), ijk_to_ras_matrix))
-    temp.SetConversionParameter("Smoothing factor", "0")
-    if not temp.CreateRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()):
-        raise RuntimeError("labelmap to closed surface conversion failed")
-    import vtk
-
-    surface = vtk.vtkPolyData()
-    surface.DeepCopy(temp.GetSegment(segment_id).GetRepresentation(
-        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
-    return surface
-
-
 def phantom_pet_tags(phantom) -> dict:
     """The DICOM SUV tags a scanner would write for a phantom's Bq/mL PET (what Slicer's DICOM
     database returns for it), as a plain dict."""

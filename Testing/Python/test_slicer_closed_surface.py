@@ -8,11 +8,61 @@ import slicer
 import vtk
 
 from VMambaXCommon import mrml_sitk
-from VMambaXCommon.testing import (add_closed_surface_segmentation, add_phantom_case,
-                                   label_surface, register_segmentation_converters)
+from VMambaXCommon.testing import add_phantom_case
 from VMambaXTrainLib.logic import TrainingCase, VMambaXTrainLogic
 
 BINARY = "Binary labelmap"
+
+
+# -- contours as SlicerRT makes them (only these tests need them) ---------------------------------
+def register_segmentation_converters() -> None:
+    """Register the closed surface <-> binary labelmap conversion rules.
+
+    A running 3D Slicer registers them at start-up (Segmentations module; SlicerRT adds planar
+    contours); bare slicer-core (the tests) has none, so contour-based segmentations could not
+    be converted there. Registering twice is avoided.
+    """
+    import slicer
+
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    have = {type(rule).__name__ for rule in factory.GetConverterRules()}
+    for name in ("vtkBinaryLabelmapToClosedSurfaceConversionRule",
+                 "vtkClosedSurfaceToBinaryLabelmapConversionRule"):
+        if name not in have:
+            factory.RegisterConverterRule(getattr(slicer, name)())
+
+
+def add_closed_surface_segmentation(scene, polydata, name: str = "GTV (contours)",
+                                    segment_name: str = "GTV"):
+    """A segmentation whose only representation is a closed surface, as SlicerRT makes from an
+    RTSTRUCT (no binary labelmap, no reference geometry)."""
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    seg.SetSourceRepresentationToClosedSurface()
+    segment_id = seg.AddSegmentFromClosedSurfaceRepresentation(polydata, segment_name, [1.0, 0.0, 0.0])
+    return seg, segment_id
+
+
+def label_surface(label_array, ijk_to_ras_matrix):
+    """The closed surface (vtkPolyData, RAS) of a 0/1 ``(z, y, x)`` label, made by Slicer's own
+    labelmap-to-surface conversion (what contours of a drawn tumour look like)."""
+    import slicer
+
+    register_segmentation_converters()
+    temp = slicer.vtkSegmentation()
+    temp.SetSourceRepresentationName(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
+    segment_id = temp.AddEmptySegment("tumour")
+    temp.GetSegment(segment_id).AddRepresentation(
+        slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName(),
+        mrml_sitk.oriented_image_from_array(np.asarray(label_array, np.uint8), ijk_to_ras_matrix))
+    temp.SetConversionParameter("Smoothing factor", "0")
+    if not temp.CreateRepresentation(slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()):
+        raise RuntimeError("labelmap to closed surface conversion failed")
+    import vtk
+
+    surface = vtk.vtkPolyData()
+    surface.DeepCopy(temp.GetSegment(segment_id).GetRepresentation(
+        slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()))
+    return surface
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

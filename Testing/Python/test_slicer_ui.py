@@ -171,3 +171,31 @@ def test_shared_glue_is_qt_free_and_installed():
         assert "slicer.mrmlScene" not in text or name == "dialogs", path.name
     cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "VMambaXCommon/*.py" in cmake
+
+
+def _within_ranges(module) -> dict[str, tuple[float, float]]:
+    """``parameter -> (minimum, maximum)`` of the parameter node's ``WithinRange`` fields."""
+    ranges = {}
+    for node in ast.walk(ast.parse(_source(module))):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            for call in ast.walk(node.annotation):
+                if isinstance(call, ast.Call) and ast.unparse(call.func) == "WithinRange":
+                    ranges[node.target.id] = tuple(float(ast.literal_eval(a)) for a in call.args)
+    return ranges
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_spin_box_ranges_agree_with_the_parameter_nodes_within_range(module):
+    ranges = _within_ranges(module)
+    checked = 0
+    for widget in _ui_tree(module).iter("widget"):
+        props = {p.get("name"): p.find("*").text for p in widget.findall("property")
+                 if p.find("*") is not None}
+        name = props.get("SlicerParameterName")
+        if name not in ranges:
+            continue
+        default_max = 99 if widget.get("class") == "QSpinBox" else 99.99  # Qt's defaults
+        shown = (float(props.get("minimum", 0)), float(props.get("maximum", default_max)))
+        assert shown == ranges[name], f"{widget.get('name')} allows {shown}, {name} {ranges[name]}"
+        checked += 1
+    assert checked == len(ranges), "a WithinRange parameter without its spin box"
