@@ -348,3 +348,55 @@ def test_checkpoint_readers_use_the_shared_safe_load(tmp_path, monkeypatch):
     assert read_checkpoint_config(legacy) == {"epochs": 3}
     assert list(model_state_from_checkpoint(legacy)) == ["w"]
     assert len(calls) == 2
+
+
+def test_stop_and_timed_checkpoint_decide_with_one_all_reduce_per_step(tmp_path):
+    """Under DDP each decision is a collective; the two callbacks share one per step. The fake
+    strategy adds a second rank's votes (that rank sees the stop file at step 3)."""
+    from types import SimpleNamespace
+
+    from vmambax.train.callbacks import StepDecisions, StopRequest, TimedCheckpoint
+
+    calls = []
+
+    class Strategy:
+        root_device = torch.device("cpu")
+        world_size = 2
+
+        def reduce(self, tensor, group=None, reduce_op="mean"):
+            calls.append(("reduce", tensor.tolist()))
+            assert reduce_op == "sum"
+            other = torch.tensor([1 if trainer.global_step == 3 else 0, 0])  # [stop, timed]
+            return tensor + other
+
+        def reduce_boolean_decision(self, decision, all=True):
+            calls.append(("boolean", decision))
+            return decision
+
+    saved = []
+    trainer = SimpleNamespace(strategy=Strategy(), global_step=0, current_epoch=0, should_stop=False,
+                              num_training_batches=100, is_global_zero=True, limit_val_batches=1.0,
+                              save_checkpoint=lambda path, weights_only=False: saved.append(
+                                  (path, trainer.global_step)))
+    module = SimpleNamespace(batches_done=0)
+    clock = iter([0.0] + [10.0 * i for i in range(1, 20)])
+    decisions = StepDecisions()
+    stop = StopRequest(tmp_path / "STOP", tmp_path / "stop.ckpt", handle_signals=False, decisions=decisions)
+    timed = TimedCheckpoint(tmp_path / "last.ckpt", every_s=15.0, skip=lambda: stop.stopped,
+                            clock=lambda: next(clock), decisions=decisions)
+    timed.on_train_start(trainer, module)
+    for step in range(1, 4):
+        trainer.global_step = module.batches_done = step
+        calls_before = len(calls)
+        for cb in (stop, timed):
+            cb.on_train_batch_end(trainer, module, None, None, step - 1)
+        assert len(calls) - calls_before == 1 and calls[-1][0] == "reduce", calls
+        if trainer.should_stop:
+            break
+    assert stop.stopped and stop.reason == "stop requested on another process" and trainer.global_step == 3
+    assert saved == [(str(tmp_path / "last.ckpt"), 2), (str(tmp_path / "stop.ckpt"), 3)]
+    # Without a shared StepDecisions each callback still decides on its own (as before).
+    alone = StopRequest(tmp_path / "STOP", tmp_path / "stop.ckpt", handle_signals=False)
+    (tmp_path / "STOP").write_text("")
+    alone.on_train_batch_end(trainer, module, None, None, 5)
+    assert alone.stopped and alone.reason == f"stop file {tmp_path / 'STOP'}"

@@ -241,17 +241,55 @@ def last_batch_of_epoch(trainer, pl_module) -> bool:
 
 
 
+class StepDecisions:
+    """The per-step decisions of several callbacks (stop request, timed checkpoint), each
+    OR-reduced over ranks, with one all-reduce per step for all of them.
+
+    Each callback registers a ``local_vote(trainer, pl_module) -> bool``; the first one that
+    asks in a batch collects every registered vote and reduces them together (a SUM of a small
+    int tensor), the others of that batch read the result. Whether a callback asks must be the
+    same on every rank (it is: the early returns depend on reduced state only), so the ranks
+    enter the collective together.
+    """
+
+    def __init__(self):
+        self._voters: list[Callable[[Any, Any], bool]] = []
+        self._key: tuple | None = None
+        self._result: list[bool] = []
+
+    def register(self, local_vote: Callable[[Any, Any], bool]) -> int:
+        self._voters.append(local_vote)
+        self._key = None
+        return len(self._voters) - 1
+
+    def decide(self, index: int, trainer, pl_module, batch_idx) -> bool:
+        key = (id(trainer), trainer.current_epoch, batch_idx, trainer.global_step)
+        if key != self._key:
+            votes = [bool(vote(trainer, pl_module)) for vote in self._voters]
+            strategy = trainer.strategy
+            if len(votes) == 1:
+                self._result = [bool(strategy.reduce_boolean_decision(votes[0], all=False))]
+            else:
+                summed = strategy.reduce(torch.tensor([int(v) for v in votes], device=strategy.root_device),
+                                         reduce_op="sum")
+                self._result = [bool(x) for x in summed.tolist()]
+            self._key = key
+        return self._result[index]
+
+
 class StopRequest(Callback):
     """Stop cleanly after the current step when a stop file appears or on SIGTERM/SIGINT.
 
     The decision is OR-reduced over ranks (the file may be visible on one node only, the signal
     may reach one process), then the checkpoint is written and all ranks leave ``fit`` together.
-    A second SIGINT aborts at once (KeyboardInterrupt).
+    A second SIGINT aborts at once (KeyboardInterrupt). ``decisions``: a StepDecisions shared
+    with TimedCheckpoint, so that both decide with one all-reduce per step.
     """
 
     def __init__(self, stop_file: str | os.PathLike, checkpoint_path: str | os.PathLike,
                  on_stop: Callable[[str, int], None] | None = None, after_steps: int | None = None,
-                 handle_signals: bool = True, checkpoints: list[RunCheckpoint] = ()):
+                 handle_signals: bool = True, checkpoints: list[RunCheckpoint] = (),
+                 decisions: StepDecisions | None = None):
         self.stop_file = Path(stop_file)
         self.checkpoint_path = str(checkpoint_path)
         self.on_stop = on_stop
@@ -264,6 +302,9 @@ class StopRequest(Callback):
         self.reason: str | None = None
         self.epoch: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pending: str | None = None
+        self.decisions = decisions if decisions is not None else StepDecisions()
+        self._vote = self.decisions.register(self._local_vote)
 
     # Signals ---------------------------------------------------------------
     def _handler(self, signum, frame):
@@ -293,13 +334,16 @@ class StopRequest(Callback):
             return f"after {self.after_steps} steps"
         return None
 
+    def _local_vote(self, trainer, pl_module) -> bool:
+        self._pending = None if self.stopped else self._local_reason(trainer)
+        return self._pending is not None
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.stopped:
             return
-        reason = self._local_reason(trainer)
-        if not trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+        if not self.decisions.decide(self._vote, trainer, pl_module, batch_idx):
             return
-        self.reason = reason or "stop requested on another process"
+        self.reason = self._pending or "stop requested on another process"
         self.stopped = True
         trainer.should_stop = True
         if last_batch_of_epoch(trainer, pl_module):
@@ -326,16 +370,23 @@ class TimedCheckpoint(Callback):
     verified like every checkpoint, and records the position in the epoch, so ``--resume``
     continues from the next batch exactly as after a stop request.
 
-    The decision is OR-reduced over ranks (every rank must enter the save together).
+    The decision is OR-reduced over ranks (every rank must enter the save together), through
+    ``decisions`` (a StepDecisions, shared with StopRequest: one all-reduce per step).
     """
 
     def __init__(self, path: str | os.PathLike, every_s: float,
                  on_saved: Callable[[str, int], None] | None = None,
-                 skip: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic):
+                 skip: Callable[[], bool] = lambda: False, clock: Callable[[], float] = time.monotonic,
+                 decisions: StepDecisions | None = None):
         self.path, self.every_s = str(path), float(every_s)
         self.on_saved, self.skip, self.clock = on_saved, skip, clock
         self._last = 0.0
         self.saves = 0
+        self.decisions = decisions if decisions is not None else StepDecisions()
+        self._vote = self.decisions.register(self._local_vote)
+
+    def _local_vote(self, trainer, pl_module) -> bool:
+        return self.every_s > 0 and self.clock() - self._last >= self.every_s
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last = self.clock()
@@ -345,8 +396,7 @@ class TimedCheckpoint(Callback):
             return
         if last_batch_of_epoch(trainer, pl_module):
             return  # the end-of-epoch checkpoint follows, after the validation it must not skip
-        due = self.clock() - self._last >= self.every_s
-        if not trainer.strategy.reduce_boolean_decision(due, all=False):
+        if not self.decisions.decide(self._vote, trainer, pl_module, batch_idx):
             return
         trainer.save_checkpoint(self.path, weights_only=False)
         self._last = self.clock()

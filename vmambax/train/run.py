@@ -311,7 +311,8 @@ class _Run:
         return dm
 
     def _callbacks(self) -> list:
-        from vmambax.train.callbacks import ProgressStream, RunCheckpoint, StopRequest, TimedCheckpoint
+        from vmambax.train.callbacks import (ProgressStream, RunCheckpoint, StepDecisions, StopRequest,
+                                             TimedCheckpoint)
 
         cfg, writer = self.cfg, self.writer
 
@@ -326,12 +327,14 @@ class _Run:
             # skips epochs in which the monitored checkpoint did not improve)
             dirpath=str(cfg.checkpoint_dir), filename="last", monitor=None, save_top_k=1,
             save_on_train_epoch_end=True, enable_version_counter=False, on_saved=saved)
+        decisions = StepDecisions()  # the stop and the timed-checkpoint votes: one all-reduce per step
         self.stop_cb = StopRequest(
             cfg.stop_path, cfg.last_checkpoint, after_steps=cfg.stop_after_steps,
-            checkpoints=[self.best_cb, self.last_cb],
+            checkpoints=[self.best_cb, self.last_cb], decisions=decisions,
             on_stop=lambda path, step: writer.emit("checkpoint", path=str(path), step=step))
         self.timed_cb = TimedCheckpoint(
             cfg.last_checkpoint, cfg.checkpoint_every * 60.0, skip=lambda: self.stop_cb.stopped,
+            decisions=decisions,
             on_saved=lambda path, step: writer.emit("checkpoint", path=str(path), step=step,
                                                     reason="interval"))
         progress = ProgressStream(writer, every_s=cfg.progress_every_s,
