@@ -80,7 +80,7 @@ def _segment_panel(gui, monkeypatch, clicks_while_installing=()):
         if len(record.installs) == 1:
             gui.app.during_events += list(clicks_while_installing)
         gui.app.processEvents()
-        return ["Installed: torch>=2.1"]
+        return ["Installed: torch>=2.5"]
 
     seg_node = gui.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "CT vMambaX")
     output = types.SimpleNamespace(segmentationNode=seg_node, statusText=lambda: "1 lesion(s).",
@@ -103,7 +103,7 @@ def test_segment_keeps_the_users_device_through_the_first_install(gui, monkeypat
     assert record.runs[0]["device"] == "cpu"  # point 7: the choice survived the rebuilt list
     assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cpu"
     assert segment._parameterNode.device == "cpu"
-    assert gui.dialogs.infos == ["Installed: torch>=2.1"] and gui.dialogs.errors == []
+    assert gui.dialogs.infos == ["Installed: torch>=2.5"] and gui.dialogs.errors == []
     # The GPU-extras question can say "Don't ask again" (QSettings-backed).
     assert record.install_kwargs[0].get("settings") is not None
     assert record.install_kwargs[0].get("ask_gpu_extras") is not None
