@@ -291,6 +291,26 @@ def test_cohort_and_single_case_flags_do_not_mix(tmp_path, capsys):
     assert "--ct" in capsys.readouterr().err
     assert main(["segment", "--ct", "a.nii.gz", "--pet", "b.nii.gz"]) == 2
     assert "-o/--output" in capsys.readouterr().err
+    # Series picks name one case's folder: refused for a cohort, not silently ignored.
+    assert main(["segment", "--cases", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                 "--ct-series", "1.2.3"]) == 2
+    assert "--ct-series" in capsys.readouterr().err
+
+
+def test_sigterm_in_a_case_stops_the_cohort_not_only_that_case(tmp_path, monkeypatch):
+    """SIGTERM (a scheduler's time limit) during a case must end the run, not be recorded as
+    one failed case while the loop goes on to the next."""
+    from vmambax.errors import Terminated
+    from vmambax.infer import cohort, pipeline
+    from vmambax.infer.cohort_list import CohortCase
+
+    def stopped(*args, **kwargs):
+        raise Terminated("stopped by SIGTERM; nothing was written")
+
+    monkeypatch.setattr(pipeline, "segment_files", stopped)
+    case = CohortCase("a", tmp_path / "ct.nii.gz", tmp_path / "pet.nii.gz")
+    with pytest.raises(Terminated):
+        cohort.segment_case(case, tmp_path / "out", None, cohort.CohortOptions())
 
 
 def test_model_that_no_worker_can_load_is_a_clear_error(case_list, nano_file, tmp_path, capsys):

@@ -24,7 +24,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from vmambax.errors import Cancelled, ConfigError, DeviceError, InputError, VMambaXError
+from vmambax.errors import Cancelled, ConfigError, InputError, VMambaXError
+from vmambax.infer.devices import DeviceError
 from vmambax.infer.cohort_list import (FAILED, OK, PENDING, SKIPPED, CohortCase, merge_shards,
                                        pending_row, shard_cases, summary_name, write_summary)
 
