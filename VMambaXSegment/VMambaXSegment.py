@@ -23,7 +23,7 @@ from slicer.util import VTKObservationMixin
 try:
     from slicer.i18n import tr as _
     from slicer.i18n import translate
-except ImportError:  # Slicer before 5.4: no translations
+except ImportError:  # slicer-core (the widget tests) has no slicer.i18n; Slicer >= 5.4 does
     def _(text):
         return text
 
