@@ -55,3 +55,31 @@ def nano_file(tmp_path_factory):
     save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
                     preprocessing=preprocessing_info(128), metadata={"note": "random init"})
     return path
+
+
+@pytest.fixture()
+def mount_tmpfs(tmp_path):
+    """``mount_tmpfs(size="2m") -> folder``: a real small tmpfs for full-disk tests, unmounted
+    afterwards; skips cleanly where mounting is not permitted (no root, no mount, a container
+    without the capability): the injected-fault tests cover the same code paths."""
+    import shutil
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str):
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("a real full-disk test needs root to mount a small tmpfs")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the injected-fault "
+                        "tests cover it")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

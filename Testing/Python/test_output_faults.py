@@ -256,20 +256,9 @@ def test_evaluate_json_needs_overwrite_to_replace(case, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- a real full disk
 @pytest.fixture()
-def small_tmpfs(tmp_path):
+def small_tmpfs(mount_tmpfs):
     """A 2 MB tmpfs (needs root and mount permission; skipped cleanly otherwise)."""
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full-disk test needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}); the injected-fault tests cover it")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    return mount_tmpfs("2m")
 
 
 def _fill(folder: Path, leave: int) -> None:

@@ -508,29 +508,19 @@ def sitk_write(image, path):
     sitk.WriteImage(image, str(path), True)
 
 
-def test_real_full_tmpfs_during_training(phantom_root, tmp_path):
+def test_real_full_tmpfs_during_training(phantom_root, tmp_path, mount_tmpfs):
     """RUN_DIR on a real 40 MB tmpfs: the nano checkpoints (15 MB each: last, best, and the one
     being staged) fill it in epoch 1. The run stops with an error event naming the file and the
     free space, and the last good last.ckpt (epoch 0) stays. Skipped where mounting is not
     permitted (the injected-fault test above covers the same path)."""
     from vmambax.errors import OutputError
 
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a real full-disk test needs root to mount a small tmpfs")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()})")
-    try:
-        data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
-        run = mnt / "run"
-        with pytest.raises(OutputError, match=r"No space left on device \(ENOSPC\); .* free in"):
-            train(_cfg(data, run, epochs=4, checkpoint_every=0))
-        error = _events(run)[-1]
-        assert error["event"] == "error" and "No space left" in error["message"]
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] >= 1
-        assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+    mnt = mount_tmpfs("40m")
+    data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
+    run = mnt / "run"
+    with pytest.raises(OutputError, match=r"No space left on device \(ENOSPC\); .* free in"):
+        train(_cfg(data, run, epochs=4, checkpoint_every=0))
+    error = _events(run)[-1]
+    assert error["event"] == "error" and "No space left" in error["message"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] >= 1
+    assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
