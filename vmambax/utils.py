@@ -167,6 +167,12 @@ def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
             import pydicom
 
             _check_dicom(pydicom.dcmread(str(path)))
+        elif name.endswith(".npy"):
+            import numpy as np
+
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # a short file cannot map
+            if arr.size:
+                arr.reshape(-1)[-1].item()  # and its last element is readable
     except Exception as exc:  # every reader has its own exception types
         text = str(exc).strip().splitlines()
         raise ValueError(f"the written file ({size} bytes) does not read back "

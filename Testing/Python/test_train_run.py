@@ -221,23 +221,26 @@ def test_two_process_ddp_reduces_validation_metrics(phantom_root, tmp_path):
 
 
 def test_volume_case_folders_are_exported_once_into_the_run(phantom_root, tmp_path):
-    from vmambax.data.pclt import read_split
-    from vmambax.train.datamodule import prepare_data_root
+    from vmambax.data.input_spec import InputSpec
+    from vmambax.data.volume_export import read_export_info
+    from vmambax.train.datamodule import load_volume_splits, prepare_data_root
 
-    root, kind = prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)
+    spec = InputSpec(image_size=128)
+    root, kind = prepare_data_root(phantom_root / "cases", tmp_path, spec=spec)
     assert kind == "volumes" and root == tmp_path / "data"
-    train_ids, val_ids = read_split(root, "train"), read_split(root, "val")
-    assert train_ids and val_ids and read_split(root, "test") == []
-    assert {i.split("_")[0] for i in train_ids}.isdisjoint({i.split("_")[0] for i in val_ids})
-    stamp = (root / "train.txt").stat().st_mtime_ns
-    assert prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)[0] == root
-    assert (root / "train.txt").stat().st_mtime_ns == stamp  # same source and settings: reused
+    train, val = load_volume_splits(root, spec, val_fraction=0.3, seed=1)
+    assert train.case_ids and val.case_ids and set(train.case_ids).isdisjoint(val.case_ids)
+    assert len(val) == sum(read_export_info(root)["cases"][c]["slices"] for c in val.case_ids)
+    stamp = (root / "export.json").stat().st_mtime_ns
+    assert prepare_data_root(phantom_root / "cases", tmp_path, spec=spec)[0] == root
+    assert (root / "export.json").stat().st_mtime_ns == stamp  # same source and settings: reused
     # Other export settings: a new run exports again, a resumed one keeps its export (and says so).
     notes: list[str] = []
-    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2, resumed=True, notes=notes)
-    assert (root / "train.txt").stat().st_mtime_ns == stamp and "changed since" in notes[0]
-    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2)
-    assert (root / "train.txt").stat().st_mtime_ns != stamp
+    soft = spec.replace(ct_windows=((-160.0, 240.0),))
+    prepare_data_root(phantom_root / "cases", tmp_path, spec=soft, resumed=True, notes=notes)
+    assert (root / "export.json").stat().st_mtime_ns == stamp and "changed since" in notes[0]
+    prepare_data_root(phantom_root / "cases", tmp_path, spec=soft)
+    assert (root / "export.json").stat().st_mtime_ns != stamp
 
 
 def test_sigterm_stops_cleanly_and_cli_resume_finishes(phantom_root, tmp_path):
@@ -468,8 +471,7 @@ def test_training_data_traps(phantom_root, tmp_path, capsys):
 
     for label, data in originals.items():  # the user fixes the labels
         label.write_bytes(data)
-    root, _ = prepare_data_root(cases, run, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                image_size=128, negatives_per_positive=cfg.negatives_per_positive)
+    root, _ = prepare_data_root(cases, run, image_size=128)
     assert export_info(root)["source_key"] != key  # not the stale all-empty export
     assert sum(c["slices_with_tumour"] for c in export_info(root)["cases"].values()) > 0
 
