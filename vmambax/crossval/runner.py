@@ -99,7 +99,7 @@ def _fold_config(cfg: TrainConfig, run_dir: Path, k: int, train_c, val_c, root: 
     ops = {"progress_file": str(cfg.progress_path), "stop_file": str(cfg.stop_path),
            "progress_stdout": cfg.progress_stdout, "progress_bar": cfg.progress_bar,
            "num_workers": cfg.num_workers, "accelerator": cfg.accelerator, "devices": cfg.devices,
-           "out": str(fold_dir), "data_dir": str(root)}
+           "out": str(fold_dir), "data_dir": str(root), "stop_after_steps": cfg.stop_after_steps}
     last = fold_dir / "checkpoints" / "last.ckpt"
     if last.is_file():  # a fold stopped earlier: continue its own schedule
         return config_for_resume(last, **ops)
@@ -124,7 +124,7 @@ def run_crossval(cfg: TrainConfig, *, resume: bool = False) -> CrossValResult:
         state = json.loads(state_path.read_text(encoding="utf-8"))
         saved = state["config"]
         saved.update({k: getattr(cfg, k) for k in ("progress_stdout", "progress_bar", "num_workers",
-                                                   "accelerator", "devices")})
+                                                   "accelerator", "devices", "stop_after_steps")})
         cfg = TrainConfig(**{**saved, "betas": tuple(saved["betas"])})
     else:
         if state_path.exists() or (run_dir / "fold-1").exists():
