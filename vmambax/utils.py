@@ -166,6 +166,9 @@ def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
         elif name.endswith(".dcm"):
             import pydicom
 
+            cut = dicom_cut_short(path)
+            if cut:
+                raise ValueError(f"the DICOM file is cut short: {cut}")
             _check_dicom(pydicom.dcmread(str(path)))
     except Exception as exc:  # every reader has its own exception types
         text = str(exc).strip().splitlines()
@@ -205,6 +208,114 @@ def _check_embedded_stream(path: Path) -> None:
         d.decompress(data[start:])
         if not d.eof:
             raise ValueError("its compressed data stream is cut short (truncated)")
+
+
+_DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                   b"UT", b"UV"}
+_IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+
+
+class _CutShort(Exception):
+    pass
+
+
+def dicom_cut_short(path: str | os.PathLike) -> str | None:
+    """Why the DICOM file at ``path`` is cut short (truncated), or None when it is complete (or
+    not a DICOM Part 10 file, or in a transfer syntax this check cannot walk).
+
+    pydicom reads a cut file without a word or with a message that says nothing to a user ("No
+    tag to read at file position ..."): it stops at the end of the data, so a sequence of
+    undefined length that never closes simply ends. Here the elements are walked by their
+    lengths: each must end inside the file, and each sequence or item of undefined length must
+    reach its delimiter."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    try:
+        pos, syntax = _dicom_meta(data)
+        if syntax in (_EXPLICIT_BE, _DEFLATED):
+            return None
+        _dicom_walk(data, pos, explicit=syntax != _IMPLICIT_LE)
+    except _CutShort as exc:
+        return str(exc)
+    except (struct.error, ValueError):  # malformed in another way: pydicom reports it
+        return None
+    return None
+
+
+def _dicom_meta(data: bytes) -> tuple[int, str]:
+    """End of the file meta group (always explicit VR little endian) and the transfer syntax."""
+    pos, syntax = 132, _IMPLICIT_LE
+    while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
+        element = struct.unpack_from("<H", data, pos + 2)[0]
+        header, length = _dicom_header(data, pos, explicit=True)
+        end = pos + header + length
+        if end > len(data):
+            raise _CutShort(f"the file meta information ends after {len(data)} bytes")
+        if element == 0x0010:
+            syntax = data[pos + header:end].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = end
+    return pos, syntax
+
+
+def _dicom_header(data: bytes, pos: int, explicit: bool) -> tuple[int, int]:
+    if pos + 8 > len(data):
+        raise _CutShort(f"an element header at byte {pos} is incomplete ({len(data)} bytes in all)")
+    if explicit and data[pos + 4:pos + 6] in _DICOM_LONG_VRS:
+        if pos + 12 > len(data):
+            raise _CutShort(f"an element header at byte {pos} is incomplete ({len(data)} bytes in all)")
+        return 12, struct.unpack_from("<I", data, pos + 8)[0]
+    if explicit:
+        return 8, struct.unpack_from("<H", data, pos + 6)[0]
+    return 8, struct.unpack_from("<I", data, pos + 4)[0]
+
+
+def _dicom_walk(data: bytes, pos: int, explicit: bool, closing: int | None = None) -> int:
+    """Walk data elements from ``pos`` to the end of the file, or (``closing``) to the item
+    delimiter that ends an item of undefined length; return the position after it."""
+    undefined = 0xFFFFFFFF
+    while closing is not None or pos < len(data):
+        if pos + 8 > len(data):
+            raise _CutShort(f"the data ends at byte {len(data)} inside an item that is never closed")
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group == 0xFFFE:
+            if element == closing:
+                return pos + 8
+            raise ValueError("a delimiter where a data element should be")
+        header, length = _dicom_header(data, pos, explicit and group != 0xFFFE)
+        pos += header
+        if length == undefined:
+            pos = _dicom_items(data, pos, explicit)
+        else:
+            pos += length
+            if pos > len(data):
+                raise _CutShort(f"element ({group:04X},{element:04X}) needs {pos} bytes, the file "
+                                f"has {len(data)}")
+    return pos
+
+
+def _dicom_items(data: bytes, pos: int, explicit: bool) -> int:
+    """The items of a sequence (or encapsulated pixel data) of undefined length, up to and past
+    its sequence delimiter."""
+    while True:
+        if pos + 8 > len(data):
+            raise _CutShort(f"the data ends at byte {len(data)} inside a sequence that is never closed")
+        group, element = struct.unpack_from("<HH", data, pos)
+        length = struct.unpack_from("<I", data, pos + 4)[0]
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return pos + 8
+        if (group, element) != (0xFFFE, 0xE000):
+            raise ValueError("a sequence holds something other than items")
+        if length == 0xFFFFFFFF:
+            pos = _dicom_walk(data, pos + 8, explicit, closing=0xE00D)
+        else:
+            pos += 8 + length
+            if pos > len(data):
+                raise _CutShort(f"a sequence item needs {pos} bytes, the file has {len(data)}")
 
 
 def _check_dicom(ds) -> None:
@@ -410,6 +521,11 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             raise output_error(target, exc) from None
         raise
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """ "1 case", "2 cases", "0 cases" (``many``: an irregular plural, e.g. "vertices")."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
 def user_dir() -> Path:

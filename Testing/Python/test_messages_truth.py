@@ -1,0 +1,162 @@
+"""Messages that tell the truth (issue 18): each input here once got a wrong or unhelpful message.
+
+`vmambax import` refusals keep their own words (ROI table, full UID) instead of "malformed"; a
+truncated RTSTRUCT says so with a fix; a folder can be given as --rtstruct; a DICOM PET folder can
+be the target grid; one file as both CT and PET; build_native's OS errors and the
+VMAMBAX_NATIVE_LIB / VMAMBAX_NATIVE_ISA settings; a namespace package shadowing the install; and
+the model-level notices (demo model, a model never validated)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from rtstruct_helpers import label_contours, write_rtstruct
+from vmambax.cli import main
+from vmambax.data.dicom_label import frame_of_reference_of
+from vmambax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+REAL = ROOT.parent / "shared" / "realdata" / "sts_001"
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real data folder {REAL} (../shared/realdata) is absent")
+
+
+@pytest.fixture(scope="module")
+def case_dir(tmp_path_factory):
+    from vmambax.phantom import make_phantom, write_case
+
+    return write_case(make_phantom(seed=1, size=128, n_slices=8), tmp_path_factory.mktemp("c"), "rt")
+
+
+@pytest.fixture(scope="module")
+def ct_image(case_dir):
+    return sitk.ReadImage(str(case_dir / "ct.nii.gz"))
+
+
+@pytest.fixture(scope="module")
+def contours(case_dir, ct_image):
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case_dir / "label.nii.gz")))
+    return label_contours(truth, ct_image)
+
+
+@pytest.fixture(scope="module")
+def for_uid(case_dir):
+    return frame_of_reference_of(case_dir / "dicom" / "ct")
+
+
+def _import(capsys, case_dir, rtstruct, out, *extra, ct=None):
+    code = main(["import", "--ct", str(ct or case_dir / "dicom" / "ct"), "--rtstruct", str(rtstruct),
+                 "-o", str(out), "--overwrite", *extra])
+    return code, capsys.readouterr()
+
+
+# ----------------------------------------------------------------------- vmambax import
+def test_import_refusals_of_a_well_formed_rtstruct_keep_their_own_message(tmp_path, capsys, case_dir,
+                                                                         ct_image, contours, for_uid):
+    """Before: every one of these was "a malformed DICOM RTSTRUCT ... Export the contours again",
+    cut to its first line (the ROI table lost) and to 200 characters (a long UID cut)."""
+    long_uid = ("1.2.826.0.1.3680043.8.498." + "1234567890" * 4)[:64]  # the longest a UID may be
+    tilted = contours[0].copy()
+    tilted[:, 2] += np.linspace(0, 3 * ct_image.GetSpacing()[2], len(tilted))
+    files = {
+        "several": [("GTV_Mass", contours), ("GTV_Edema", contours), ("Body", contours)],
+        "no-such-roi": [("GTV", contours), ("Body", contours)],
+        "other-frame": [("GTV", contours)],
+        "empty": [("GTV", []), ("Body", contours)],
+        "oblique": [("GTV", [tilted])],
+    }
+    expect = {
+        "several": ["several ROIs named like a tumour", "1  'GTV_Mass'", "2  'GTV_Edema'",
+                    "3  'Body'", "--roi"],
+        "no-such-roi": ["no ROI named 'liver'", "1  'GTV'", "2  'Body'"],
+        "other-frame": [f"frame of reference {long_uid}", f"the CT in {for_uid}", "another scan"],
+        "empty": ["'GTV' of empty.dcm has no closed contours", "--roi"],
+        "oblique": ["not parallel to the image's slices", "axial, as planned"],
+    }
+    out = tmp_path / "label.nii.gz"
+    for name, rois in files.items():
+        uid = long_uid if name == "other-frame" else for_uid
+        rs = write_rtstruct(tmp_path / f"{name}.dcm", rois, uid)
+        extra = ["--roi", "liver"] if name == "no-such-roi" else []
+        code, text = _import(capsys, case_dir, rs, out, *extra)
+        assert code == 2, name
+        assert "malformed" not in text.err and "Export the contours again" not in text.err, text.err
+        for words in expect[name]:
+            assert words in text.err, (name, words, text.err)
+        assert not out.exists()
+
+
+def test_a_truncated_rtstruct_says_it_is_cut_short_and_how_to_fix_it(tmp_path, capsys, case_dir,
+                                                                    contours, for_uid):
+    """Before: "No tag to read at file position ..." or "malformed ... AttributeError" (no fix)."""
+    good = write_rtstruct(tmp_path / "RS.dcm", [("GTV", contours)], for_uid)
+    data = good.read_bytes()
+    for cut in (len(data) // 2, len(data) - 7, 400):
+        bad = tmp_path / f"cut{cut}.dcm"
+        bad.write_bytes(data[:cut])
+        code, text = _import(capsys, case_dir, bad, tmp_path / "label.nii.gz")
+        assert code == 2
+        assert "cut short (truncated" in text.err and "Copy it again" in text.err, text.err
+        assert "No tag to read" not in text.err and "Traceback" not in text.err
+
+
+def test_a_folder_given_as_rtstruct_is_searched_for_its_one_structure_set(tmp_path, capsys, case_dir,
+                                                                          contours, for_uid):
+    """Before: "DICOM label FOLDER not found"."""
+    folder = tmp_path / "RS"
+    folder.mkdir()
+    write_rtstruct(folder / "1-1.dcm", [("GTV", contours)], for_uid)
+    (folder / "notes.txt").write_text("exported from the planning system")
+    out = tmp_path / "label.nii.gz"
+    code, text = _import(capsys, case_dir, folder, out)
+    assert code == 0, text.err
+    assert "'GTV'" in text.out and out.is_file()
+    write_rtstruct(folder / "2-1.dcm", [("GTV", contours)], for_uid)
+    code, text = _import(capsys, case_dir, folder, out)
+    assert code == 2 and "holds 2 RTSTRUCT/SEG files" in text.err and "1-1.dcm" in text.err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, text = _import(capsys, case_dir, empty, out)
+    assert code == 2 and "no RTSTRUCT or DICOM SEG file" in text.err and "not found" not in text.err
+
+
+def test_a_dicom_pet_folder_can_be_the_target_grid(tmp_path, capsys, case_dir, contours, for_uid):
+    """Contours drawn on the PET go onto the PET grid. Before: "holds no CT series (only PT);
+    did you swap the CT and PET inputs?"."""
+    import pydicom
+
+    first = sorted((case_dir / "dicom" / "pet").glob("*.dcm"))[0]
+    pet_uid = str(pydicom.dcmread(first, stop_before_pixels=True).FrameOfReferenceUID)
+    rs = write_rtstruct(tmp_path / "RS.dcm", [("GTV", contours)], pet_uid)
+    out = tmp_path / "pet-label.nii.gz"
+    code, text = _import(capsys, case_dir, rs, out, ct=case_dir / "dicom" / "pet")
+    assert code == 0, text.err
+    assert "on the PET grid" in text.out and "swap" not in text.err
+    pet = sitk.ReadImage(str(case_dir / "pet.nii.gz"))
+    label = sitk.ReadImage(str(out))
+    assert label.GetSize() == pet.GetSize()
+    np.testing.assert_allclose(label.GetSpacing(), pet.GetSpacing(), rtol=1e-5)
+    assert sitk.GetArrayFromImage(label).sum() > 0
+
+
+@needs_real
+def test_real_sts001_pet_contours_onto_the_dicom_pet_and_a_mask_folder(tmp_path, capsys):
+    out = tmp_path / "gtv-pet.nii.gz"
+    code = main(["import", "--ct", str(REAL / "dicom_cropped" / "PET" / "image"),
+                 "--rtstruct", str(REAL / "dicom_cropped" / "PET" / "mask"), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "nifti_cropped" / "PET_mask.nii.gz")))
+    got = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    assert got.shape == reference.shape
+    dice = 2 * np.logical_and(got > 0, reference > 0).sum() / ((got > 0).sum() + (reference > 0).sum())
+    assert dice >= 0.95, dice
