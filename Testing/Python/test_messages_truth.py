@@ -160,3 +160,20 @@ def test_real_sts001_pet_contours_onto_the_dicom_pet_and_a_mask_folder(tmp_path,
     assert got.shape == reference.shape
     dice = 2 * np.logical_and(got > 0, reference > 0).sum() / ((got > 0).sum() + (reference > 0).sum())
     assert dice >= 0.95, dice
+
+
+# ------------------------------------------------------------------------ segment inputs
+def test_the_same_file_as_ct_and_pet_is_named_as_such(tmp_path, capsys, case_dir, nano_file):
+    """Before: "The CT input looks like a PET ...; are they swapped?" (or the PET looks like a CT)."""
+    for name in ("ct.nii.gz", "pet.nii.gz"):
+        same = case_dir / name
+        code = main(["segment", "--ct", str(same), "--pet", str(same), "-o", str(tmp_path / "l.nii.gz"),
+                     "--model", str(nano_file), "-q"])
+        err = capsys.readouterr().err
+        assert code == 2 and "are the same file" in err and "swap" not in err, err
+    # A DICOM folder holding both series is still one valid input for both.
+    both = tmp_path / "both"
+    shutil.copytree(case_dir / "dicom", both)
+    code = main(["segment", "--ct", str(both), "--pet", str(both), "-o", str(tmp_path / "l.nii.gz"),
+                 "--model", str(nano_file), "-q", "--all-slices"])
+    assert code == 0, capsys.readouterr().err

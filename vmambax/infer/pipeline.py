@@ -88,11 +88,14 @@ def plan_outputs(output, report=None, preview=None, *, ct_path: Path, pet_path: 
 
 
 def check_inputs(ct_path, pet_path) -> tuple[Path, Path]:
+    from vmambax.data.case import check_distinct_inputs
+
     ct, pet = Path(ct_path).expanduser(), Path(pet_path).expanduser()
     for name, path in (("CT", ct), ("PET", pet)):
         if not path.exists():
             raise InputError(f"{name} input {path} does not exist; give a NIfTI/NRRD/MHA file or a "
                              f"DICOM series folder")
+    check_distinct_inputs(ct, pet)
     return ct, pet
 
 
