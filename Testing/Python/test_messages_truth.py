@@ -177,3 +177,68 @@ def test_the_same_file_as_ct_and_pet_is_named_as_such(tmp_path, capsys, case_dir
     code = main(["segment", "--ct", str(both), "--pet", str(both), "-o", str(tmp_path / "l.nii.gz"),
                  "--model", str(nano_file), "-q", "--all-slices"])
     assert code == 0, capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- native scan
+def _oserror(code):
+    def fail(src, dst, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(dst))
+    return fail
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.EROFS, "read-only file system"), (errno.ENOSPC, "free some space"),
+    (errno.EACCES, "not writable")])
+def test_build_native_os_errors_name_the_fix_that_fits(tmp_path, monkeypatch, code, words):
+    """Before: every failure to write the library said "close the programs that use vmambax"
+    (a Windows file-in-use hint), also for a read-only or full folder."""
+    from vmambax.ops import build_native
+
+    if build_native._find_cc() is None or sys.platform.startswith("win"):
+        pytest.skip("needs a C compiler on PATH (POSIX)")
+    monkeypatch.setattr(build_native.shutil, "copy2", _oserror(code))
+    with pytest.raises(build_native.BuildError) as err:
+        build_native.build(tmp_path / "out")
+    text = str(err.value)
+    assert words in text and "close the programs" not in text, text
+    assert "--out-dir" in text and "VMAMBAX_NATIVE_LIB" in text
+
+
+def test_a_bad_native_lib_variable_is_named_and_not_told_to_build(monkeypatch, tmp_path, capsys):
+    """Before: "the compiled library X is missing ...; build it with build_native" (which cannot
+    fix a variable pointing at the wrong file)."""
+    from vmambax.ops import build_native, native
+
+    missing = tmp_path / "elsewhere" / "libvmambax_scan.so"
+    monkeypatch.setenv("VMAMBAX_NATIVE_LIB", str(missing))
+    reason = native.unavailable_reason()
+    assert f"VMAMBAX_NATIVE_LIB={missing}" in reason and "unset it" in reason, reason
+    broken = tmp_path / "broken.so"
+    broken.write_bytes(b"not a library")
+    monkeypatch.setenv("VMAMBAX_NATIVE_LIB", str(broken))
+    assert "VMAMBAX_NATIVE_LIB=" in native.unavailable_reason()
+    assert build_native.main(["--check"]) == 2
+    assert "VMAMBAX_NATIVE_LIB" in capsys.readouterr().out
+
+
+def test_a_native_isa_that_cannot_be_honoured_is_refused(monkeypatch):
+    """Before: VMAMBAX_NATIVE_ISA=bogus (or avx2 on a CPU without it) silently ran the default."""
+    from vmambax.ops import active_backend, native, selective_scan
+    from test_ops import make_inputs
+
+    if native.unavailable_reason() is not None:
+        pytest.skip("native scan library not available")
+    monkeypatch.delenv("VMAMBAX_SCAN_BACKEND", raising=False)
+    x = {k: v.float() for k, v in make_inputs(1, 4, 2, 5, 2).items()}
+    monkeypatch.setenv("VMAMBAX_NATIVE_ISA", "bogus")
+    with pytest.raises(ConfigError, match="VMAMBAX_NATIVE_ISA='bogus' is not one of .*baseline"):
+        active_backend("cpu")
+    with pytest.raises(ConfigError, match="VMAMBAX_NATIVE_ISA"):
+        selective_scan(**x)
+    selective_scan(**x, backend="chunked")  # the setting does not concern other backends
+    monkeypatch.setattr(native, "supported_isas", lambda: ["baseline"])  # a CPU without AVX2
+    monkeypatch.setenv("VMAMBAX_NATIVE_ISA", "avx2")
+    with pytest.raises(ConfigError, match="AVX2.*does not have.*baseline"):
+        active_backend("cpu")
+    monkeypatch.setenv("VMAMBAX_NATIVE_ISA", "baseline")
+    assert active_backend("cpu") == "native" and "baseline kernels" in native.describe()
