@@ -242,3 +242,18 @@ def test_a_native_isa_that_cannot_be_honoured_is_refused(monkeypatch):
         active_backend("cpu")
     monkeypatch.setenv("VMAMBAX_NATIVE_ISA", "baseline")
     assert active_backend("cpu") == "native" and "baseline kernels" in native.describe()
+
+
+# ------------------------------------------------------------------ a shadowed install
+def test_a_folder_named_vmambax_shadowing_the_install_is_explained(tmp_path):
+    """Before: ``TypeError: expected str ... not NoneType`` from the registry."""
+    (tmp_path / "vmambax" / "Resources").mkdir(parents=True)  # a checkout or output folder
+    script = tmp_path / "script.py"
+    script.write_text("from vmambax.infer.registry import list_models\nprint(len(list_models()))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("this install is not shadowed by a namespace folder (not an import-hook editable install)")
+    assert "TypeError" not in proc.stderr, proc.stderr
+    assert f"{tmp_path / 'vmambax'}" in proc.stderr and "shadows it" in proc.stderr, proc.stderr
