@@ -244,6 +244,23 @@ def test_a_native_isa_that_cannot_be_honoured_is_refused(monkeypatch):
     assert active_backend("cpu") == "native" and "baseline kernels" in native.describe()
 
 
+def test_the_fallback_to_the_chunked_scan_is_a_warning(monkeypatch, tmp_path):
+    """Before: only "scan: chunked" in the summary line said that the native scan was missing."""
+    from vmambax.infer.segmenter import Segmenter
+    from vmambax.model import build_model
+
+    monkeypatch.delenv("VMAMBAX_SCAN_BACKEND", raising=False)
+    monkeypatch.setenv("VMAMBAX_NATIVE_LIB", str(tmp_path / "missing.so"))
+    seg = Segmenter(build_model("vmambax-nano"), device="cpu", image_size=128, all_slices=True)
+    hu = np.full((2, 64, 64), -800, np.float32)
+    hu[:, :, :10] = -1000
+    ct = sitk.GetImageFromArray(hu)
+    pet = sitk.GetImageFromArray(np.random.default_rng(0).uniform(0.5, 2.0, (2, 64, 64)).astype(np.float32))
+    result = seg.segment(ct, pet)
+    assert result.scan_backend == "chunked"
+    assert any("chunked scan runs" in w and "VMAMBAX_NATIVE_LIB" in w for w in result.warnings)
+
+
 # ------------------------------------------------------------------ a shadowed install
 def test_a_folder_named_vmambax_shadowing_the_install_is_explained(tmp_path):
     """Before: ``TypeError: expected str ... not NoneType`` from the registry."""
@@ -257,3 +274,46 @@ def test_a_folder_named_vmambax_shadowing_the_install_is_explained(tmp_path):
         pytest.skip("this install is not shadowed by a namespace folder (not an import-hook editable install)")
     assert "TypeError" not in proc.stderr, proc.stderr
     assert f"{tmp_path / 'vmambax'}" in proc.stderr and "shadows it" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------------ model notices
+def test_the_demo_model_says_it_is_trained_on_phantoms(tmp_path, capsys, case_dir):
+    """Before: the phantom-trained demo model segmented patient data without a word."""
+    from vmambax.infer.registry import DEMO_MODEL_NOTICE, get_model
+    from vmambax.infer.segmenter import Segmenter
+
+    assert DEMO_MODEL_NOTICE == "demo model trained on synthetic phantoms; not for patient data"
+    assert get_model("default").training_data == "synthetic phantoms"
+    out = tmp_path / "label.nii.gz"
+    code = main(["segment", "--ct", str(case_dir / "ct.nii.gz"), "--pet", str(case_dir / "pet.nii.gz"),
+                 "-o", str(out), "--report", str(tmp_path / "r.json"), "-q"])
+    assert code == 0
+    assert f"warning: {DEMO_MODEL_NOTICE}" in capsys.readouterr().err
+    assert DEMO_MODEL_NOTICE in json.loads((tmp_path / "r.json").read_text())["warnings"]
+    # The same file given by its path, or registered under another name, is still the demo model.
+    path = get_model("default").local_path()
+    seg = Segmenter(str(path), device="cpu")
+    ct, pet = sitk.ReadImage(str(case_dir / "ct.nii.gz")), sitk.ReadImage(str(case_dir / "pet.nii.gz"))
+    assert DEMO_MODEL_NOTICE in seg.segment(ct, pet).warnings
+
+
+def test_a_model_saved_without_any_validation_says_so(tmp_path, case_dir):
+    from vmambax.data.preprocess import preprocessing_info
+    from vmambax.infer.registry import DEMO_MODEL_NOTICE
+    from vmambax.infer.segmenter import Segmenter
+    from vmambax.model import build_model
+    from vmambax.model.checkpoint import save_model_file
+
+    model = build_model("vmambax-nano")
+    never = tmp_path / "never-validated.pt"
+    save_model_file(never, model, config_name="vmambax-nano", preprocessing=preprocessing_info(128),
+                    metadata={"status": "stopped", "epochs_completed": 0, "best_checkpoint": None,
+                              "best_val_dice": None})
+    validated = tmp_path / "validated.pt"
+    save_model_file(validated, model, config_name="vmambax-nano", preprocessing=preprocessing_info(128),
+                    metadata={"status": "done", "epochs_completed": 3, "best_val_dice": 0.61})
+    ct, pet = sitk.ReadImage(str(case_dir / "ct.nii.gz")), sitk.ReadImage(str(case_dir / "pet.nii.gz"))
+    warned = Segmenter(str(never), device="cpu").segment(ct, pet).warnings
+    assert any("never-validated.pt was saved without any validation" in w for w in warned), warned
+    plain = Segmenter(str(validated), device="cpu").segment(ct, pet).warnings
+    assert not any("validation" in w or w == DEMO_MODEL_NOTICE for w in plain), plain

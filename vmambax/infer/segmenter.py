@@ -140,9 +140,12 @@ class Segmenter:
             mode = compile if isinstance(compile, str) else None
             self.model = torch.compile(self.model, mode=mode, dynamic=False)
             self.compiled = True
-        from vmambax.ops import active_backend
+        from vmambax.ops import active_backend, fallback_note
 
         self.scan_backend = active_backend(self.device)
+        # Said with every result: what the model is not fit for, and a slow fall-back scan.
+        self.notices = list(self.model_info.get("notices") or []) + [
+            n for n in (fallback_note(self.device),) if n]
 
     # -- model --------------------------------------------------------------------------------
     def _load_model(self, model, image_size):
@@ -151,22 +154,24 @@ class Segmenter:
         if isinstance(model, torch.nn.Module):
             name = getattr(model, "config_name", None) or type(model).__name__
             info = {"name": name, "file": None, "sha256": None, "config": name,
-                    "preprocessing": {}, "image_size": image_size or IMAGE_SIZE}
+                    "preprocessing": {}, "image_size": image_size or IMAGE_SIZE, "notices": []}
             net = model
         elif isinstance(model, (str, Path)):
-            from vmambax.infer.registry import resolve_model, sha256_file
+            from vmambax.infer.registry import notices_for, resolve_model, sha256_file
             from vmambax.model.checkpoint import load_model_file
 
             path, entry = resolve_model(model, progress=self._download_progress)
             net, file_info = load_model_file(path, map_location="cpu")
             file_info = dict(file_info or {})
-            info = {"name": entry.name if entry else Path(path).name,
-                    "file": str(path),
-                    "sha256": entry.sha256 if entry and entry.sha256 else sha256_file(path),
+            sha = entry.sha256 if entry and entry.sha256 else sha256_file(path)
+            name = entry.name if entry else Path(path).name
+            metadata = file_info.get("metadata") or {}
+            info = {"name": name, "file": str(path), "sha256": sha,
                     "config": file_info.get("config") or (entry.config if entry else ""),
                     "preprocessing": file_info.get("preprocessing") or {},
-                    "metadata": file_info.get("metadata") or {},
-                    "image_size": image_size or _image_size_of(file_info, IMAGE_SIZE)}
+                    "metadata": metadata,
+                    "image_size": image_size or _image_size_of(file_info, IMAGE_SIZE),
+                    "notices": notices_for(model, path, entry, metadata, sha)}
             _check_preprocessing(info["preprocessing"], path)
         else:
             raise ConfigError(f"model must be a registry name, a file path or a torch module, "
@@ -205,7 +210,7 @@ class Segmenter:
         t_resample = time.perf_counter() - t0
         result = self._run(ct, pet_suv)
         result.timings["resample"] = round(t_resample, 4)
-        result.warnings = list(notes)
+        result.warnings = list(dict.fromkeys(list(notes) + self.notices))
         return result
 
     def segment_arrays(self, ct_hu: np.ndarray, pet_suv: np.ndarray,
