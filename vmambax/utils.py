@@ -26,9 +26,13 @@ from pathlib import Path
 # any failed verification becomes an ``OutputError`` naming the path and the free space; the
 # staging file is removed and an existing target is never replaced by a bad file.
 
-#: Staging names: ``.<stem>.<8 random chars>.tmp<suffixes>`` (files) and
-#: ``.<name>.<8 random chars>.tmp`` (folders); ``remove_stale_staging`` recognises exactly these.
-_STAGING_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..+)?$")
+#: Staging names: ``.<stem>.<8 random chars>.p<pid>h<host>.tmp<suffixes>`` (files) and
+#: ``.<name>.<8 random chars>.p<pid>h<host>.tmp`` (folders): the writer's process id and a tag
+#: of its host, so that a later run can tell a file a killed process left from one a live
+#: process is still writing. Names without the ``p<pid>h<host>`` part (older versions) are
+#: recognised too.
+_STAGING_RE = re.compile(r"^\.(?P<stem>.+?)\.[a-z0-9_]{8}(?:\.p(?P<pid>\d+)h(?P<host>[0-9a-f]{6}))?"
+                         r"\.tmp(?P<suffix>\..+)?$")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -36,39 +40,123 @@ TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
 EMPTY_OK_SUFFIXES = (".txt",)
 
 
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def _owner_tag() -> str:
+    return f".p{os.getpid()}h{_host_tag()}"
+
+
 def staging_path(target: Path, suffix: str | None = None, folder: bool = False) -> Path:
     """A new, unused staging name next to ``target`` (created, for folders)."""
     if folder:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=f"{_owner_tag()}.tmp",
+                                     dir=target.parent))
     suffix = suffix if suffix is not None else "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{_file_stem(target)}.", suffix=f"{_owner_tag()}.tmp{suffix}",
                                dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
     return Path(tmp)
 
 
+def _file_stem(target: Path) -> str:
+    return target.name.split(".")[0]
+
+
 def is_staging_name(name: str) -> bool:
     return bool(_STAGING_RE.match(name))
 
 
-def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
-    """Delete staging files/folders a killed process (kill -9, power loss) left in ``folder``.
+def _writer_is_gone(path: Path, match) -> bool:
+    """Was the staging file at ``path`` left by a process that no longer runs? Unknown writers
+    (another host's, a live process's) are not judged: their file is left alone."""
+    pid = match.group("pid")
+    if pid is None:
+        return True  # an older version's name: its writer cannot be identified, nor be running
+    if match.group("host") != _host_tag():
+        return False  # written on another computer (a shared file system): cannot be checked
+    pid = int(pid)
+    if pid == os.getpid():
+        return False  # ours: being written right now (nested writers)
+    try:
+        import psutil
+    except ImportError:  # psutil is a dependency; without it, liveness only (no reuse check)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # AccessDenied: alive, another user's
+        return False
+    try:
+        written = path.lstat().st_mtime
+    except OSError:
+        return False
+    return started > written + 1.0  # the PID was reused by a process that started later
 
-    Only call this where no other process of ours may be writing at the same moment (e.g. rank 0
-    of a training run before it starts). Returns what was removed."""
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_staging(folder: str | os.PathLike, targets=None) -> list[Path]:
+    """Delete the staging files/folders that a killed process (kill -9, power loss) left in
+    ``folder``, and return them. ``targets``: only the staging files of these outputs (their
+    name stem and suffixes; a folder target: its name), so that a run removes what it owns and
+    nothing another program left there. A staging file whose writer still runs (the PID in its
+    name), or that another computer wrote, is never removed."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
-    for path in folder.iterdir():
-        if is_staging_name(path.name):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    owned = None
+    if targets is not None:
+        owned = set()
+        for target, suffix in targets:
+            target = Path(target)
+            owned.add((_file_stem(target), suffix if suffix is not None else "".join(target.suffixes)))
+            owned.add((target.name, None))  # the same target written as a folder (atomic_dir)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _STAGING_RE.match(path.name)
+        if match is None:
+            continue
+        if owned is not None and (match.group("stem"), match.group("suffix")) not in owned:
+            continue
+        if _writer_is_gone(path, match):
+            _remove(path)
             removed.append(path)
     return removed
+
+
+def _remove_stale_staging_of(targets, suffixes=None, folders: bool = False) -> None:
+    """Before writing ``targets``: remove their stale staging files in their folders."""
+    by_folder: dict[Path, list] = {}
+    for target, suffix in zip(targets, suffixes or [None] * len(targets)):
+        target = Path(target)
+        if is_staging_name(target.name):
+            continue
+        by_folder.setdefault(target.parent, []).append((target, None if folders else suffix))
+    for folder, owned in by_folder.items():
+        remove_stale_staging(folder, owned)
 
 
 def free_space(path: str | os.PathLike) -> str:
@@ -372,12 +460,6 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def _discard(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
 
 
 def _check(tmp: Path, target: Path, verify) -> None:
@@ -425,6 +507,7 @@ def atomic_group(targets, verify=True, suffixes=None):
 
     targets = [Path(t) for t in targets]
     staged: list[Path] = []
+    _remove_stale_staging_of(targets, suffixes)  # what a killed earlier run left for these outputs
     try:
         for t, suffix in zip(targets, suffixes or [None] * len(targets)):
             t.parent.mkdir(parents=True, exist_ok=True)
@@ -445,7 +528,7 @@ def atomic_group(targets, verify=True, suffixes=None):
     except BaseException as exc:
         for tmp in staged:
             if tmp is not None:
-                _discard(tmp)
+                _remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             bad = _failed_target(exc, targets, staged)
             raise output_error(bad or targets[0], exc, () if bad else targets) from None
@@ -491,6 +574,7 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
 
     target = Path(target)
     tmp = old = None
+    _remove_stale_staging_of([target], folders=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = staging_path(target, folder=True)
@@ -521,6 +605,36 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             raise output_error(target, exc) from None
         raise
+
+
+class FolderSnapshot:
+    """What a folder held when a job began (its top-level names, the sizes of append-only
+    files), so that a job refused before it did its work can leave the folder as it found it:
+    ``restore()`` removes what the job created there (the folder itself, if it made it) and cuts
+    the append-only files back. Entries that were there before are never touched otherwise."""
+
+    def __init__(self, folder: str | os.PathLike, append_only=()):
+        self.folder = Path(folder)
+        self.existed = self.folder.is_dir()
+        self.names = set(os.listdir(self.folder)) if self.existed else set()
+        self.sizes = {}
+        for name in append_only:
+            try:
+                self.sizes[name] = (self.folder / name).stat().st_size
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        if not self.folder.is_dir():
+            return
+        if not self.existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.folder)) - self.names:
+            _remove(self.folder / name)
+        for name, size in self.sizes.items():
+            with contextlib.suppress(OSError):
+                os.truncate(self.folder / name, size)
 
 
 def plural(n: int, noun: str, many: str | None = None) -> str:

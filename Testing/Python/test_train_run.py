@@ -373,8 +373,8 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(phantom_root, 
     an error event names the file and the free space, the run stops, last.ckpt is still the
     previous one and no staging file is left. A resume (after a kill -9 during a save, which
     leaves a staging file) removes the stale file and finishes."""
+    from fault_helpers import staging_left_by_a_killed_writer
     from vmambax.errors import OutputError
-    from vmambax.utils import staging_path
 
     data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
     run = tmp_path / "run"
@@ -397,8 +397,7 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(phantom_root, 
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
     assert not (run / "model.pt").exists()
 
-    stale = staging_path(run / "checkpoints" / "last.ckpt")
-    stale.write_bytes(b"PK\x03\x04 cut by kill -9")
+    stale = staging_left_by_a_killed_writer(run / "checkpoints" / "last.ckpt", b"PK\x03\x04 cut by kill -9")
     assert stale.name.startswith(".last.") and stale.name.endswith(".tmp.ckpt")
     done = train(config_for_resume(run / "checkpoints" / "last.ckpt"))
     assert done.status == "done" and done.global_step == 3 and not stale.exists()
