@@ -83,3 +83,113 @@ def test_staging_files_a_kill_9_left_are_removed_by_the_next_run_into_that_folde
         live.kill()
         live.wait()
     assert (out / "label.nii.gz").is_file() and (out / "preview.png").is_file()
+
+
+# --------------------------------------------------------------------------------- cohorts
+def _cohort(source, out, model, *extra):
+    return ["segment", "--cases", str(source), "--out-dir", str(out), "--model", str(model),
+            "--device", "cpu", "--threads", "1", "--batch", "5", *extra]
+
+
+def _rows(out: Path) -> dict:
+    with open(out / "summary.csv", newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def test_cohort_resume_verifies_as_the_write_does(cases, tmp_path, nano_file, capsys):
+    """A label whose gzip trailer is cut reads back with SimpleITK; the write refuses it
+    (verify_file). Before: a resumed cohort kept it as 'skipped'."""
+    from vmambax.utils import verify_file
+
+    out = tmp_path / "out"
+    assert main(_cohort(cases, out, nano_file)) == 0
+    label = out / "a" / "label.nii.gz"
+    label.write_bytes(label.read_bytes()[:-4])  # the gzip ISIZE field is gone
+    with pytest.raises(ValueError):
+        verify_file(label)
+    capsys.readouterr()
+    assert main(_cohort(cases, out, nano_file)) == 0
+    rows = _rows(out)
+    assert rows["a"]["status"] == "ok" and rows["b"]["status"] == "skipped", rows
+    verify_file(label)
+
+
+@pytest.mark.parametrize("case_id", ["summary.csv", "Summary.CSV", "summary-shard-0-of-2.csv",
+                                     "cohort.lock", "cohort-shard-1-of-4.lock"])
+def test_case_ids_the_cohort_writes_itself_are_refused(cases, tmp_path, nano_file, capsys, case_id):
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"id,ct,pet\n{case_id},{cases}/a/ct.nii.gz,{cases}/a/pet.nii.gz\n")
+    out = tmp_path / "out"
+    assert main(_cohort(listing, out, nano_file)) == 2
+    err = capsys.readouterr().err
+    assert f"case id {case_id!r} is a name the cohort writes itself" in err, err
+    assert not out.exists()
+
+
+def _hold(lock_code: str):
+    """A live process holding a lock (as another terminal's run would)."""
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from vmambax.locks import CohortLock, RunLock
+        lock = {lock_code}.acquire()
+        print("held", flush=True)
+        time.sleep(120)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_one_cohort_run_per_out_dir(cases, tmp_path, nano_file, capsys):
+    """Before: two cohort runs on one --out-dir both segmented everything."""
+    out = tmp_path / "out"
+    holder = _hold(f"CohortLock({str(out)!r})")
+    try:
+        assert main(_cohort(cases, out, nano_file)) == 2
+        err = capsys.readouterr().err
+        assert f"a cohort run is already running in {out} (process {holder.pid}" in err, err
+        assert main(_cohort(cases, out, nano_file, "--shard", "0/2")) == 2  # a shard: the same cases
+        assert "already running" in capsys.readouterr().err
+        assert not (out / "a").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_cohort(cases, out, nano_file)) == 0  # its lock is stale now: taken over
+    assert not (out / "cohort.lock").exists()
+    # Shards of one array job run side by side.
+    shard = _hold(f"CohortLock({str(out)!r}, (1, 2))")
+    try:
+        assert main(_cohort(cases, out, nano_file, "--shard", "0/2", "--overwrite")) == 0
+        assert main(_cohort(cases, out, nano_file, "--shard", "1/2")) == 2
+        assert main(_cohort(cases, out, nano_file)) == 2
+    finally:
+        shard.kill()
+        shard.wait()
+
+
+@pytest.mark.parametrize("devices", [None, "cpu,cpu"])
+def test_a_hanging_case_is_a_failed_row_after_the_time_limit(cases, tmp_path, nano_file, capsys, devices):
+    """A CT that never delivers its data (a FIFO: open() blocks, as on a hung network mount).
+    Before: the run waited for ever. Now the case fails after --case-timeout, the others go on
+    (with several devices the stuck worker is ended and replaced)."""
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    os.mkfifo(hung / "ct.nii.gz")
+    listing = tmp_path / "list.csv"
+    rows = ["id,ct,pet", f"h1,{hung}/ct.nii.gz,{cases}/a/pet.nii.gz"]
+    if devices:
+        rows.append(f"h2,{hung}/ct.nii.gz,{cases}/a/pet.nii.gz")
+    rows.append(f"ok,{cases}/a/ct.nii.gz,{cases}/a/pet.nii.gz")
+    listing.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    extra = ["--case-timeout", "0.05"] + (["--devices", devices] if devices else [])
+    t0 = time.monotonic()
+    assert main(_cohort(listing, out, nano_file, *extra)) == 3
+    assert time.monotonic() - t0 < 240
+    err = capsys.readouterr().err
+    summary = _rows(out)
+    assert summary["ok"]["status"] == "ok", summary
+    for case_id in (["h1", "h2"] if devices else ["h1"]):
+        assert summary[case_id]["status"] == "failed"
+        assert "per-case time limit of 3 s" in summary[case_id]["error"], summary[case_id]
+        assert not (out / case_id).exists() or not list((out / case_id).iterdir())
+    assert "--case-timeout" in err

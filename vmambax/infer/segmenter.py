@@ -29,6 +29,7 @@ import torch
 from vmambax.errors import Cancelled, ConfigError, InputError, ModelFileError
 from vmambax.infer import devices
 from vmambax.infer.devices import DeviceError
+from vmambax.utils import plural
 
 ProgressFn = Callable[[float, str], None]
 THRESHOLD = 0.5
@@ -241,7 +242,7 @@ class Segmenter:
     def device_name(self) -> str:
         """Device for reports: GPU model, or the CPU thread count used while segmenting."""
         if self.device.type == "cpu" and self.threads:
-            return f"cpu ({self.threads} threads)"
+            return f"cpu ({plural(self.threads, 'thread')})"
         return devices.describe_device(self.device)
 
     # -- engine -------------------------------------------------------------------------------
