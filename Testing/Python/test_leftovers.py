@@ -166,6 +166,35 @@ def test_one_cohort_run_per_out_dir(cases, tmp_path, nano_file, capsys):
         shard.wait()
 
 
+def test_vmambax_train_takes_the_run_lock_and_a_launcher_hands_it_down(tmp_path):
+    """Before: `vmambax train` had no run lock (only the Slicer Train module had one)."""
+    from vmambax.errors import ConfigError
+    from vmambax.locks import RunLock
+    from vmambax.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text("x_0000\n")
+    holder = _hold(f"RunLock({str(run)!r})")
+    try:
+        with pytest.raises(ConfigError, match=f"a training is already running in {run} .process {holder.pid}"):
+            train(TrainConfig(data=str(data), out=str(run), config="vmambax-nano", accelerator="cpu"))
+    finally:
+        holder.kill()
+        holder.wait()
+    # The panel takes the lock for the trainer it starts: the child inherits it.
+    lock = RunLock(run).acquire()
+    try:
+        code = ("from vmambax.locks import RunLock; import sys; "
+                "RunLock(sys.argv[1]).acquire(inherit=True); RunLock(sys.argv[1]).acquire()")
+        proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                              timeout=120)
+        assert "ConfigError" in proc.stderr and proc.stderr.count("already running") == 1, proc.stderr
+    finally:
+        lock.release()
+
+
 @pytest.mark.parametrize("devices", [None, "cpu,cpu"])
 def test_a_hanging_case_is_a_failed_row_after_the_time_limit(cases, tmp_path, nano_file, capsys, devices):
     """A CT that never delivers its data (a FIFO: open() blocks, as on a hung network mount).
@@ -193,3 +222,40 @@ def test_a_hanging_case_is_a_failed_row_after_the_time_limit(cases, tmp_path, na
         assert "per-case time limit of 3 s" in summary[case_id]["error"], summary[case_id]
         assert not (out / case_id).exists() or not list((out / case_id).iterdir())
     assert "--case-timeout" in err
+
+
+# ------------------------------------------------------------------ a refused training run
+def test_a_refused_training_run_leaves_the_run_folder_as_it_found_it(tmp_path, capsys):
+    """Before: a run refused for its data (all labels empty, one case only) left RUN_DIR/data,
+    logs/ and progress.jsonl behind."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from vmambax.phantom import make_phantom, write_case
+
+    cases = tmp_path / "cases"
+    for i, case_id in enumerate(("c1", "c2")):
+        write_case(make_phantom(30 + i, size=SIZE, n_slices=5), cases, case_id, dicom=False)
+    one = tmp_path / "one-case"  # refused: no patient left for the validation split
+    write_case(make_phantom(32, size=SIZE, n_slices=5), one, "c3", dicom=False)
+    for path in cases.glob("*/label.nii.gz"):
+        label = sitk.ReadImage(str(path))
+        empty = sitk.GetImageFromArray(np.zeros(sitk.GetArrayViewFromImage(label).shape, np.uint8))
+        empty.CopyInformation(label)
+        sitk.WriteImage(empty, str(path))
+    base = ["train", "--config", "vmambax-nano", "--image-size", "128", "--batch-size", "2",
+            "--accelerator", "cpu", "--num-workers", "0", "--no-progress-bar", "--epochs", "1"]
+    new = tmp_path / "new-run"
+    assert main(base + ["--data", str(cases), "--out", str(new)]) == 2
+    assert "every training label" in capsys.readouterr().err
+    assert not new.exists()
+    # A run folder that holds the user's things (the Slicer panel's train.log, notes).
+    kept = tmp_path / "kept-run"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    (kept / "progress.jsonl").write_text('{"event": "start"}\n')
+    for data in (cases, one):
+        assert main(base + ["--data", str(data), "--out", str(kept), "--min-positive-slices", "1"]) == 2
+        assert "error: " in capsys.readouterr().err
+        assert sorted(p.name for p in kept.iterdir()) == ["notes.txt", "progress.jsonl"], data
+        assert (kept / "progress.jsonl").read_text() == '{"event": "start"}\n'
