@@ -333,7 +333,7 @@ class _Run:
         dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
                              val_batch_size=cfg.val_batch_size or cfg.batch_size,
                              crop_size=cfg.crop_size, augment=cfg.augment, seed=cfg.seed,
-                             num_workers=cfg.num_workers)
+                             num_workers=cfg.loader_workers(self.devices if isinstance(self.devices, int) else 1))
         dm.allow_zero_length_dataloader_with_multiple_devices = True
         return dm
 
