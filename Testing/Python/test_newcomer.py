@@ -26,6 +26,20 @@ ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
+def test_the_whole_body_phantom_holds_the_thorax_case_of_its_seed():
+    """Before: its tumours were placed over the whole body's z range, not as in the thorax case
+    of the same seed (README: "the same thorax inside"): seed 0's demo-model Dice was 0.0."""
+    from vmambax.phantom import make_phantom
+
+    for seed in (0, 5):
+        thorax = make_phantom(seed, size=64)
+        body = make_phantom(seed, size=64, whole_body=True)
+        assert len(body.lesions) == len(thorax.lesions) > 0
+        for a, b in zip(thorax.lesions, body.lesions):
+            assert a["diameter_mm"] == b["diameter_mm"]
+            np.testing.assert_allclose(a["centre_mm"], b["centre_mm"], atol=1e-3)
+
+
 # ------------------------------------------------------------------------ third-party noise
 def _run(args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **kw.pop("env", {}))
@@ -82,3 +96,48 @@ def test_num_workers_auto_is_what_the_machine_has(monkeypatch):
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
         assert cfg.loader_workers(per_node) == workers, (cpus, per_node)
     assert TrainConfig(data="d", out="o", num_workers=3).loader_workers(4) == 3
+
+
+# ------------------------------------------------------------------------------ progress
+def test_info_says_what_it_is_doing_before_the_long_silence(capsys):
+    """Before: `vmambax info` printed nothing for ~30 s (building, FLOP count)."""
+    assert main(["info", "--config", "vmambax-nano", "--size", "128"]) == 0
+    captured = capsys.readouterr()
+    assert "building vmambax-nano" in captured.err and "counting FLOPs" in captured.err
+    assert "parameters" in captured.out and "counting" not in captured.out
+
+
+def test_counts_read_as_english():
+    from vmambax.infer.devices import describe_device
+    from vmambax.utils import cpu_threads, plural
+
+    assert [plural(n, "case") for n in (0, 1, 2)] == ["0 cases", "1 case", "2 cases"]
+    import torch
+
+    with cpu_threads(1):
+        assert describe_device(torch.device("cpu")) == "cpu (1 thread)"
+
+
+# -------------------------------------------------------------------------------- preview
+def test_the_preview_captions_name_the_colours_drawn():
+    """Before: the MIP's caption said red for the segmentation, also where cyan was drawn."""
+    from matplotlib.colors import to_rgba
+
+    from vmambax.infer.preview import preview_figure
+    from vmambax.phantom import make_phantom
+
+    ph = make_phantom(2, size=64, n_slices=12)
+    from vmambax.data.resample import resample_to
+
+    pet = resample_to(ph.pet_suv, ph.ct)
+    lesion = {"id": 1, "centroid_mm": ph.lesions[0]["centre_mm"], "suv_max": 5.0, "mtv_ml": 2.0}
+    fig = preview_figure(ph.ct, pet, ph.label, [lesion])
+    named = {"red": to_rgba("red"), "cyan": to_rgba("cyan")}
+    for ax in fig.axes:
+        drawn = {tuple(c) for coll in ax.collections for c in np.atleast_2d(coll.get_edgecolor())}
+        title = ax.get_title()
+        for name, rgba in named.items():
+            if rgba in drawn:
+                assert f"segmentation in {name}" in title, (title, name)
+            else:
+                assert f"in {name}" not in title, (title, name)

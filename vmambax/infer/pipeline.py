@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmambax.errors import InputError
-from vmambax.utils import atomic_group
+from vmambax.utils import atomic_group, plural
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
 DICOM_SEG_SUFFIX = ".dcm"
@@ -182,7 +182,7 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
                  "load": round(t_load, 4), "write": 0.0})
     report_data["warnings"] = list(dict.fromkeys(case.warnings + result.warnings))
     _write_all(plan, result, case, png, report_data, report_json, t, t_all)
-    stages(1.0, f"Done: {len(result.lesions)} lesion(s)")
+    stages(1.0, f"Done: {plural(len(result.lesions), 'lesion')}")
     return result, report_data
 
 

@@ -303,7 +303,7 @@ class Segmenter:
             timings["quantify"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         timings = {k: round(v, 4) for k, v in timings.items()}
-        self._report(1.0, f"Done: {len(lesions)} lesion(s)")
+        self._report(1.0, f"Done: {plural(len(lesions), 'lesion')}")
         return SegmentationResult(
             label=label, probability=probability, lesions=lesions, totals=totals, timings=timings,
             model_name=self.model_info["name"], model=dict(self.model_info),
