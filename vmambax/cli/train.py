@@ -42,6 +42,16 @@ def _devices(text: str):
     return text if text == "auto" or "," in text else int(text)
 
 
+def _workers(text: str):
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a count (0 = load in the main process) "
+                                         f"or auto") from None
+
+
 def _count_or_fraction(text: str):
     return float(text) if "." in text else int(text)
 
@@ -122,7 +132,8 @@ def register(subparsers) -> None:
     h.add_argument("--strategy", help="Lightning strategy (default: ddp when more than one process)")
     h.add_argument("--precision", help="auto (bf16-mixed/16-mixed on CUDA, 32-true on CPU), "
                    "32-true, 16-mixed, bf16-mixed")
-    h.add_argument("--num-workers", type=int, help="data loader workers per process (default 4)")
+    h.add_argument("--num-workers", type=_workers, metavar="N|auto", help="data loader workers "
+                   "per process (default auto: the CPUs per process minus one, at most 4)")
     h.add_argument("--deterministic", action="store_const", const=True, help="deterministic kernels (slower)")
     s = p.add_argument_group("runs, resume and progress")
     s.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
@@ -199,6 +210,7 @@ def _crossval_dir(args) -> bool:
 
 def run(args) -> int:
     from vmambax.train.run import train
+    from vmambax.utils import plural
 
     if getattr(args, "folds", None) or _crossval_dir(args):
         return _run_crossval(args)
@@ -213,8 +225,8 @@ def run(args) -> int:
               f"file {result.model_file}; continue with: vmambax train --out {cfg.out} --resume",
               file=sys.stderr)
     else:
-        print(f"training done: {result.global_step} steps{note}; model file {result.model_file}",
-              file=sys.stderr)
+        print(f"training done: {plural(result.global_step, 'step')}{note}; model file "
+              f"{result.model_file}", file=sys.stderr)
     return 0
 
 

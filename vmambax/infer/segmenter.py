@@ -29,6 +29,7 @@ import torch
 from vmambax.errors import Cancelled, ConfigError, InputError, ModelFileError
 from vmambax.infer import devices
 from vmambax.infer.devices import DeviceError
+from vmambax.utils import plural
 
 ProgressFn = Callable[[float, str], None]
 THRESHOLD = 0.5
@@ -144,9 +145,12 @@ class Segmenter:
             mode = compile if isinstance(compile, str) else None
             self.model = torch.compile(self.model, mode=mode, dynamic=False)
             self.compiled = True
-        from vmambax.ops import active_backend
+        from vmambax.ops import active_backend, fallback_note
 
         self.scan_backend = active_backend(self.device)
+        # Said with every result: what the model is not fit for, and a slow fall-back scan.
+        self.notices = list(self.model_info.get("notices") or []) + [
+            n for n in (fallback_note(self.device),) if n]
 
     # -- model --------------------------------------------------------------------------------
     def _load_model(self, model, spec):
@@ -155,22 +159,24 @@ class Segmenter:
         if isinstance(model, torch.nn.Module):
             name = getattr(model, "config_name", None) or type(model).__name__
             info = {"name": name, "file": None, "sha256": None, "config": name,
-                    "preprocessing": {}, "spec": spec or InputSpec(), "members": 1}
+                    "preprocessing": {}, "spec": spec or InputSpec(), "members": 1, "notices": []}
             net = model
         elif isinstance(model, (str, Path)):
-            from vmambax.infer.registry import resolve_model, sha256_file
+            from vmambax.infer.registry import notices_for, resolve_model, sha256_file
             from vmambax.model.checkpoint import load_model_file
 
             path, entry = resolve_model(model, progress=self._download_progress)
             net, file_info = load_model_file(path, map_location="cpu")
             file_info = dict(file_info or {})
-            info = {"name": entry.name if entry else Path(path).name,
-                    "file": str(path),
-                    "sha256": entry.sha256 if entry and entry.sha256 else sha256_file(path),
+            sha = entry.sha256 if entry and entry.sha256 else sha256_file(path)
+            name = entry.name if entry else Path(path).name
+            metadata = file_info.get("metadata") or {}
+            info = {"name": name, "file": str(path), "sha256": sha,
                     "config": file_info.get("config") or (entry.config if entry else ""),
                     "preprocessing": file_info.get("preprocessing") or {},
-                    "metadata": file_info.get("metadata") or {},
-                    "members": int(file_info.get("members", 1))}
+                    "metadata": metadata,
+                    "members": int(file_info.get("members", 1)),
+                    "notices": notices_for(model, path, entry, metadata, sha)}
             info["spec"] = spec or _spec_of(info["preprocessing"], path)
             in_chans = getattr(getattr(net, "config", None), "in_chans", None)
             bad = [c for c in (info["spec"].ct_channels, info["spec"].pet_channels)
@@ -215,7 +221,7 @@ class Segmenter:
         t_resample = time.perf_counter() - t0
         result = self._run(ct, pet_suv)
         result.timings["resample"] = round(t_resample, 4)
-        result.warnings = list(notes)
+        result.warnings = list(dict.fromkeys(list(notes) + self.notices))
         return result
 
     def segment_arrays(self, ct_hu: np.ndarray, pet_suv: np.ndarray,
@@ -246,7 +252,7 @@ class Segmenter:
     def device_name(self) -> str:
         """Device for reports: GPU model, or the CPU thread count used while segmenting."""
         if self.device.type == "cpu" and self.threads:
-            return f"cpu ({self.threads} threads)"
+            return f"cpu ({plural(self.threads, 'thread')})"
         return devices.describe_device(self.device)
 
     # -- engine -------------------------------------------------------------------------------
@@ -310,7 +316,7 @@ class Segmenter:
             timings["quantify"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         timings = {k: round(v, 4) for k, v in timings.items()}
-        self._report(1.0, f"Done: {len(lesions)} lesion(s)")
+        self._report(1.0, f"Done: {plural(len(lesions), 'lesion')}")
         return SegmentationResult(
             label=label, probability=probability, lesions=lesions, totals=totals, timings=timings,
             model_name=self.model_info["name"], model=dict(self.model_info),

@@ -93,6 +93,11 @@ class ProgressWriter:
             self._started = True
             self._flush_held()
 
+    @property
+    def started(self) -> bool:
+        """Has the run's ``start`` event been written (training began)?"""
+        return self._started
+
     def _flush_held(self) -> None:
         held, self._held = self._held, []
         for record in held:

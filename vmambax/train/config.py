@@ -57,7 +57,7 @@ class TrainConfig:
     devices: int | str = "auto"
     nodes: int = 1
     strategy: str = "auto"
-    num_workers: int = 4
+    num_workers: int | str = "auto"  # "auto": what the machine has (loader_workers)
     seed: int = 42
     deterministic: bool = False
 
@@ -143,6 +143,18 @@ class TrainConfig:
     def augmentation_name(self) -> str:
         return self.augmentation if self.augment else "none"
 
+    def loader_workers(self, processes_per_node: int = 1) -> int:
+        """Data-loader workers per process: the given count, or for "auto" what the machine
+        has: one CPU per process stays for training itself, at most 4 workers (a fixed 4 on a
+        2-core machine oversubscribed it, and the DataLoader warned about it on every run)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # macOS, Windows
+            cpus = os.cpu_count() or 1
+        return max(0, min(4, cpus // max(int(processes_per_node), 1) - 1))
+
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
@@ -196,8 +208,10 @@ class TrainConfig:
              or (isinstance(self.devices, str) and self.devices.replace(",", "").isdigit()),
              f"--devices must be 'auto', a count >= 1 or a list like '0,1' (got {self.devices!r}).")
         need(isinstance(self.nodes, int) and self.nodes >= 1, f"--nodes must be >= 1 (got {self.nodes!r}).")
-        need(isinstance(self.num_workers, int) and self.num_workers >= 0,
-             f"--num-workers must be >= 0 (got {self.num_workers!r}).")
+        need(self.num_workers == "auto" or (isinstance(self.num_workers, int)
+                                            and not isinstance(self.num_workers, bool)
+                                            and self.num_workers >= 0),
+             f"--num-workers must be 'auto' or a count >= 0 (got {self.num_workers!r}).")
         need(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1.")
         for name in ("limit_train_batches", "limit_val_batches"):
             v = getattr(self, name)

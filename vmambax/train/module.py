@@ -122,8 +122,15 @@ class SegmentationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ resumable state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Called on every rank (only rank 0 writes the file): each rank's RNG state goes in, so
+        # that a resumed DDP run continues every rank's drop-path stream, not only rank 0's.
         checkpoint[POSITION_KEY] = {"epoch": int(self.current_epoch), "batches_done": int(self.batches_done)}
-        checkpoint[RNG_KEY] = collect_rng_state()
+        state = collect_rng_state()
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, state)
+            state = {**ranks[0], "ranks": ranks}  # rank 0's at the top, as before
+        checkpoint[RNG_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         pos = checkpoint.get(POSITION_KEY)
@@ -131,8 +138,14 @@ class SegmentationModule(pl.LightningModule):
             self.resume_position = dict(pos)
             self.batches_done = int(pos["batches_done"])
         if RNG_KEY in checkpoint:
-            # The checkpoint holds rank 0's state; other ranks derive theirs from it and their rank.
-            restore_rng_state(checkpoint[RNG_KEY])
+            state = checkpoint[RNG_KEY]
+            ranks = state.get("ranks") or []
+            if len(ranks) == self.trainer.world_size and self.trainer.world_size > 1:
+                restore_rng_state(ranks[self.global_rank])  # each rank where it stopped
+                return
+            # One process, or a checkpoint of another world size (or an older one with rank
+            # 0's state only): rank 0 continues its stream, the others derive theirs from it.
+            restore_rng_state(state)
             if self.global_rank > 0:
                 seed_rank(int(torch.randint(0, 2**31 - 1, ())), self.global_rank)
 

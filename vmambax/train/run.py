@@ -171,12 +171,8 @@ def _check_config_name(cfg: TrainConfig) -> None:
     get_config(cfg.config, **cfg.config_overrides)  # ConfigError with the known names
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> list[Path]:
-    """Check and create RUN_DIR; remove the staging files a killed run (kill -9, power cut) left
-    behind (``.last.<random>.tmp.ckpt``, ``.model.<random>.tmp.pt``, ``.data.<random>.tmp``).
-    Rank 0 only, before training starts: no save of ours can be in flight. Returns them."""
-    from vmambax.utils import remove_stale_staging
-
+def _open_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
+    """Refuse a new run in a folder that holds one; create RUN_DIR."""
     if resume is None and cfg.last_checkpoint.exists():
         raise ConfigError(f"{cfg.out} already holds a training run ({cfg.last_checkpoint}); continue "
                           "it with --resume, or choose a new --out folder.")
@@ -186,6 +182,17 @@ def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> list[Path]:
         from vmambax.utils import output_error
 
         raise output_error(cfg.out_dir, exc) from None
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> list[Path]:
+    """Remove the staging files a killed run (kill -9, power cut) left behind
+    (``.last.<random>.tmp.ckpt``, ``.model.<random>.tmp.pt``, ``.data.<random>.tmp``) and a
+    stale stop request. Rank 0 only, holding the run lock, before training starts: no save of
+    ours can be in flight. Returns the files removed."""
+    from vmambax.utils import remove_stale_staging
+
+    if cfg.stop_path.exists():
+        cfg.stop_path.unlink()  # a stale request from the run we are resuming
     return [p for d in (cfg.out_dir, cfg.checkpoint_dir) for p in remove_stale_staging(d)]
 
 
@@ -215,27 +222,44 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         raise ConfigError("--batch-size 1 cannot train here: the CGM BatchNorm needs at least 2 "
                           "samples per step (pooled across GPUs only with SyncBN on CUDA). Use "
                           "--batch-size 2 or more (with --crop-size to save memory).")
+    from vmambax.locks import RunLock
     from vmambax.train.callbacks import ProgressWriter
     from vmambax.train.datamodule import check_data_path
+    from vmambax.utils import FolderSnapshot
 
     rank = global_rank_from_env(devices)
     check_data_path(cfg.data)
     stale: list[Path] = []
+    lock = RunLock(cfg.out_dir)  # one trainer per run folder (rank 0 holds it for all ranks)
+    # A run refused before training starts (bad data, one case only ...) leaves the run folder
+    # as it found it: no export in RUN_DIR/data, no logs, no progress.jsonl of its own.
+    stream = cfg.progress_path
+    in_run = [stream.name] if stream is not None and stream.parent.resolve() == cfg.out_dir.resolve() else []
+    found = FolderSnapshot(cfg.out_dir, append_only=in_run) if rank == 0 else None
     if rank == 0:
-        stale = _prepare_run_dir(cfg, resume)
-        if cfg.stop_path.exists():
-            cfg.stop_path.unlink()  # a stale request from the run we are resuming
+        _open_run_dir(cfg, resume)
+        # The VMambaX Train panel takes the lock before it starts us: inherited, not refused.
+        lock.acquire(inherit=True)
+        try:
+            stale = _prepare_run_dir(cfg)
+        except BaseException:
+            lock.release()
+            found.restore()
+            raise
     # The stream is append-only: a resumed run continues it; each run begins with "start".
     writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank,
                             tags=progress_tags)
     if stale:
         _warn(writer, f"removed {len(stale)} unfinished file(s) an interrupted run left in "
                       f"{cfg.out_dir}: {', '.join(p.name for p in stale)}")
+    finished = False
     try:
         run = _Run(cfg, writer, rank=rank, accel=accel, precision=precision, devices=devices,
                    nodes=nodes, world=world, sync_bn=sync_bn, started=started)
         run.fit(model, param_groups_fn, callbacks, resume)
-        return run.finish()
+        result = run.finish()
+        finished = True
+        return result
     except (KeyboardInterrupt, SystemExit):
         writer.emit("error", message="interrupted")
         raise
@@ -256,6 +280,9 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         raise
     finally:
         writer.close()
+        lock.release()
+        if found is not None and not finished and not writer.started:
+            found.restore()  # refused (or interrupted) before the first step
 
 
 def _warn(writer, message: str, rank: int = 0) -> None:
@@ -367,7 +394,7 @@ class _Run:
         dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
                              val_batch_size=cfg.val_batch_size or cfg.batch_size,
                              crop_size=cfg.crop_size, augment=cfg.augmentation_name, seed=cfg.seed,
-                             num_workers=cfg.num_workers)
+                             num_workers=cfg.loader_workers(self.devices if isinstance(self.devices, int) else 1))
         dm.allow_zero_length_dataloader_with_multiple_devices = True
         return dm
 
