@@ -32,6 +32,7 @@ VARIANTS: dict[str, list[str]] = {
     "paper-window": ["--ct-windows", "lung-paper"],
     "three-windows": ["--ct-windows", "soft,lung,bone"],
     "context-1": ["--context-slices", "1", "--suv-windows", "0:20"],
+    "pet-two-windows": ["--suv-windows", "0:5,0:20"],
     "suv-0-15": ["--suv-windows", "0:15"],
     "suv-0-30": ["--suv-windows", "0:30"],
     "aug-paper": ["--augmentation", "paper"],
