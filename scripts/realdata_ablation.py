@@ -43,10 +43,47 @@ VARIANTS: dict[str, list[str]] = {
     "small": ["--config", "vmambax-nano", "--override", "dims=[32,64,128,256]"],
     "crop-256-128": ["--image-size", "256", "--crop-size", "128"],
     "init-phantom": ["--init", "default"],
-    "no-tta": ["--tta", "none"],
-    "pp-none": ["--postprocess", "none"],
-    "pp-largest": ["--postprocess", "largest"],
 }
+
+#: Inference-only variants: the same fold models of a trained variant, segmented again with
+#: other settings (``--reeval VARIANT``); written as ``<VARIANT>+<name>``.
+REEVAL: dict[str, dict] = {
+    "no-tta": {"tta": "none"},
+    "hvflip": {"tta": "hvflip"},
+    "pp-none": {"postprocess": "none"},
+    "pp-largest": {"postprocess": "largest"},
+    "threshold-0.4": {"threshold": 0.4},
+    "threshold-0.3": {"threshold": 0.3},
+}
+
+
+def reevaluate(base: str, args) -> None:
+    """Score ``base``'s fold models again with each REEVAL setting (no training)."""
+    from vmambax.crossval.folds import fold_cases
+    from vmambax.crossval.runner import _write_tables, evaluate_fold
+    from vmambax.crossval.table import summarise
+    from vmambax.data.input_spec import InputSpec
+    from vmambax.model.checkpoint import model_file_info
+
+    src = Path(args.out) / base
+    state = json.loads((src / "crossval-state.json").read_text())
+    folds = state["folds"]
+    for name, opts in REEVAL.items():
+        out = Path(args.out) / f"{base}+{name}"
+        if (out / "crossval.json").is_file():
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        rows = []
+        for k in range(len(folds)):
+            model = src / f"fold-{k + 1}" / "model.pt"
+            spec = InputSpec.from_dict(model_file_info(model)["preprocessing"])
+            spec = spec.replace(**opts)
+            rows += evaluate_fold(model, folds[k], src / "data", k + 1, spec=spec)
+            print(f"[{base}+{name}] fold {k + 1} scored", flush=True)
+        _write_tables(out, rows, summarise(rows))
+        (out / "minutes.json").write_text(json.dumps({"minutes": round((time.time() - t0) / 60, 1),
+                                                      "reeval_of": base, "options": opts}))
 
 
 def run_variant(name: str, args) -> int:
@@ -78,7 +115,9 @@ def run_variant(name: str, args) -> int:
 def report(out: Path) -> str:
     lines = ["| variant | options | out-of-fold 3-D Dice (SE) | vs SUV 2.5 (SE), wins | "
              "vs 41 % SUVmax (SE), wins | minutes |", "|---|---|---|---|---|---|"]
-    for name, opts in VARIANTS.items():
+    names = list(VARIANTS) + sorted(p.name for p in out.glob("*+*") if p.is_dir())
+    for name in names:
+        opts = VARIANTS.get(name) or [f"{k}={v}" for k, v in REEVAL.get(name.split("+", 1)[1], {}).items()]
         cv = out / name / "crossval.json"
         if not cv.is_file():
             continue
@@ -102,6 +141,8 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=1, help="variants at once (threads each: --threads)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--reeval", metavar="VARIANT", help="score VARIANT's fold models again with "
+                   "other inference settings (no TTA, flips, post-processing, thresholds)")
     p.add_argument("--list", action="store_true")
     args = p.parse_args()
     if args.list:
@@ -110,6 +151,9 @@ def main() -> int:
         return 0
     if args.report:
         print(report(Path(args.out)))
+        return 0
+    if args.reeval:
+        reevaluate(args.reeval, args)
         return 0
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = [n for n in names if n not in VARIANTS]

@@ -57,8 +57,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def evaluate_fold(model_file, case_ids, export_root: Path, fold: int, *, device: str = "auto",
-                  progress=None) -> list[dict]:
-    """Out-of-fold rows for ``case_ids`` (see the module docstring)."""
+                  progress=None, **segmenter_options) -> list[dict]:
+    """Out-of-fold rows for ``case_ids`` (see the module docstring). ``segmenter_options`` go to
+    the Segmenter (e.g. ``tta="none"`` or a ``spec`` with another threshold, to score the same
+    fold models with other inference settings)."""
     import SimpleITK as sitk
 
     from vmambax.baselines import segment_pet
@@ -69,7 +71,7 @@ def evaluate_fold(model_file, case_ids, export_root: Path, fold: int, *, device:
     from vmambax.metrics.segmentation import dice_3d
 
     info = read_export_info(export_root)["cases"]
-    seg = Segmenter(model_file, device=device, all_slices=True)
+    seg = Segmenter(model_file, device=device, all_slices=True, **segmenter_options)
     rows = []
     for cid in case_ids:
         paths = {k: Path(v) for k, v in info[cid]["source"].items()}
