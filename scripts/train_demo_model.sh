@@ -44,7 +44,7 @@ mkdir -p "$WORK"
 if [ ! -f "$WORK/run/model.pt" ] || [ -f "$WORK/run/checkpoints/last.ckpt" -a ! -f "$WORK/run/.done" ]; then
     resume=()
     [ -f "$WORK/run/checkpoints/last.ckpt" ] && resume=(--resume)
-    vmambax train --data "$WORK/train-cases" --config vmambax-nano --out "$WORK/run" \
+    vmambax train --data "$WORK/train-cases" --recipe paper --config vmambax-nano --out "$WORK/run" \
         --image-size "$IMAGE_SIZE" --crop-size "$CROP" --negatives-per-positive "$NEGATIVES" --epochs "$EPOCHS" --limit-train-batches "$BATCHES" \
         --limit-val-batches "$VAL_BATCHES" --batch-size "$BATCH" --lr "$LR" \
         --warmup-epochs "$WARMUP" --accelerator "$ACCELERATOR" --num-workers "$WORKERS" \
