@@ -58,13 +58,13 @@ def test_plan_fits_the_budget_with_at_least_ten_validated_rounds():
 
 
 def test_budget_run_ends_on_time_with_its_last_step_validated(cases, tmp_path, monkeypatch):
-    """The measured step rate is made 5x too optimistic (a machine that slows down after the
-    measurement): the guard ends the run earlier, on time, at a validated round."""
+    """The measurement is made 5x too optimistic (a machine that slows down after it): the
+    guard ends the run earlier, on time, at a validated round."""
     real = budget.measure
 
     def optimistic(*a, **k):
         m = real(*a, **k)
-        return budget.Measured(m.step_s / 5, m.val_s, m.overhead_s)
+        return budget.Measured(m.step_s / 5, m.val_s / 5, m.overhead_s / 5)
 
     monkeypatch.setattr(budget, "measure", optimistic)
     run = tmp_path / "run"
