@@ -18,10 +18,12 @@ def show_error(exc, title):
     elif isinstance(exc, VMambaXError):
         slicer.util.errorDisplay(str(exc), windowTitle=title)
     else:  # not the user's fault: show where, so it can be reported
-        logging.error(traceback.format_exc())
+        # A bug in the segmentation process carries that process's traceback.
+        details = getattr(exc, "details", "") or traceback.format_exc()
+        logging.error(details)
         slicer.util.errorDisplay(f"{title}: {exc}\n\nThis is a bug in VMambaX; please report "
                                  "it with the details below.", windowTitle=title,
-                                 detailedText=traceback.format_exc())
+                                 detailedText=details)
 
 
 class QtSettingsStore:

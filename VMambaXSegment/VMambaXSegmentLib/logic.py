@@ -9,9 +9,13 @@ GUI-free, so it runs from Slicer's Python console, from scripts and under ``slic
     out = task.apply()                                           # main thread, when done
 
 Work is split so Slicer never freezes and the scene is only touched on the main thread: inputs
-are validated and read into SimpleITK images first (nothing is created yet), the network runs on
-a worker thread (``vmambax.infer.Segmenter``), and only a finished, non-cancelled run writes to
-the scene. A failure or a cancel leaves the scene exactly as it was.
+are validated and read into SimpleITK images first (nothing is created yet, and the PET's units
+are decided here), the network runs in a separate ``vmambax`` worker process
+(``worker_task``: a crash or running out of memory there cannot take Slicer down, Cancel ends
+it at once, and its memory goes back to the system when it ends), and only a finished,
+non-cancelled run writes to the scene. A failure or a cancel leaves the scene exactly as it was.
+``inProcess=True`` (or a custom ``segmenterClass``) runs the Segmenter on a thread of this
+process instead, for scripts that want it.
 """
 
 from __future__ import annotations
@@ -97,8 +101,11 @@ class VMambaXSegmentLogic:
     """Segment lung tumours on a co-registered PET/CT pair in the MRML scene."""
 
     def __init__(self, segmenterClass=None):
-        # The Segmenter class can be swapped (e.g. a subclass with a fixed thread count).
+        # The Segmenter class can be swapped (e.g. a subclass with a fixed thread count); such
+        # a class runs in this process (it cannot be handed to the worker).
         self.segmenterClass = segmenterClass
+        # worker_task.worker_compute options: python (default PythonSlicer), temp_dir, on_started.
+        self.workerOptions: dict = {}
 
     # -- choices for the GUI ----------------------------------------------------------------
     @staticmethod
@@ -183,17 +190,22 @@ class VMambaXSegmentLogic:
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
                      allSlices: bool = False, start: bool = True, ctTags=None,
-                     allowDifferentPatients: bool = False, petRwvmFile=None) -> BackgroundTask:
-        """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
+                     allowDifferentPatients: bool = False, petRwvmFile=None,
+                     inProcess: bool | None = None) -> BackgroundTask:
+        """Validate now, segment in the background; call ``task.apply()`` once ``task.done``.
 
         By default the network runs only on the slices around the CT's lungs (the others stay
         empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
         ``petTags``, ``ctTags``, ``petRwvmFile``: as for ``prepare``.
+        ``inProcess``: False (the default) runs the network in a ``vmambax`` worker process;
+        True on a thread of this process (the default when a ``segmenterClass`` was given,
+        which cannot be handed to another process).
 
-        Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
-        within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
-        Progress of a background run is read with ``task.snapshot()`` (``progress`` is only
-        called for synchronous runs: GUI code must not be called from the worker thread).
+        Input errors are raised here, before anything runs. ``task.cancel()`` ends the worker
+        process at once (in-process: stops within one batch); ``apply`` then raises
+        ``Cancelled`` and the scene is unchanged. Progress of a background run is read with
+        ``task.snapshot()`` (``progress`` is only called for synchronous runs: GUI code must not
+        be called from the background thread).
         """
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
@@ -201,10 +213,19 @@ class VMambaXSegmentLogic:
                               doseMBq, petRwvmFile=petRwvmFile, ctTags=ctTags,
                               allowDifferentPatients=allowDifferentPatients)
 
-        def compute(report, cancel):
-            report(0.0, "Loading the model")
-            segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
-            return segmenter.segment(inputs.ct, inputs.pet_suv)
+        if inProcess is None:
+            inProcess = self.segmenterClass is not None
+        if inProcess:
+            def compute(report, cancel):
+                report(0.0, "Loading the model")
+                segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
+                return segmenter.segment(inputs.ct, inputs.pet_suv)
+        else:
+            from VMambaXSegmentLib.worker_task import worker_compute
+
+            options = {"model": str(model), "device": device, "batch_size": batchSize,
+                       "all_slices": bool(allSlices)}
+            compute = worker_compute(inputs.ct, inputs.pet_suv, options, **self.workerOptions)
 
         def apply(result):
             output = self._writeOutput(ctNode, outputSegmentation, result, inputs)
@@ -217,8 +238,9 @@ class VMambaXSegmentLogic:
 
     def segment(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                 device: str = "auto", progress: ProgressFn | None = None, **kwargs) -> SegmentOutput:
-        """Segment synchronously (Python console, scripts, tests); same arguments as
-        ``segmentAsync``. Returns the output nodes and the Segmenter's result."""
+        """Segment and wait (Python console, scripts, tests: the GUI-free ``process()`` call of
+        SlicerTotalSegmentator); same arguments as ``segmentAsync`` (``inProcess=True`` runs
+        the network in this process). Returns the output nodes and the Segmenter's result."""
         task = self.segmentAsync(ctNode, petNode, outputSegmentation, model=model, device=device,
                                  progress=progress, start=False, **kwargs)
         return task.run()

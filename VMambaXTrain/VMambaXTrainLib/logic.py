@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import time
@@ -30,7 +29,7 @@ from vmambax.data.rtstruct import TUMOUR_WORDS as TUMOUR_SEGMENT_WORDS  # one li
 from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
 
-from VMambaXCommon.processes import launch, python_executable, terminate_tree
+from VMambaXCommon.processes import launch, python_executable, terminate_tree, vmambax_env
 from VMambaXTrainLib.run_lock import RunLock
 
 TERMINAL_EVENTS = ("done", "stopped", "error")
@@ -314,13 +313,7 @@ class VMambaXTrainLogic:
     def _launch(self, lock, dataDir, run_dir, config, epochs, device, resume, extraArgs):
         (run_dir / "STOP").unlink(missing_ok=True)  # an old stop request would end it at once
         command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs)
-        env = dict(os.environ)
-        # Inside Slicer vmambax sits next to the modules, which PythonSlicer does not search.
-        import vmambax
-
-        package_root = str(Path(vmambax.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = vmambax_env()  # PYTHONPATH: vmambax sits next to the modules inside Slicer
         # Follow only what this process writes: a resumed run appends to the same file.
         offset = _size(run_dir / "progress.jsonl")
         log = open(run_dir / "train.log", "ab")
