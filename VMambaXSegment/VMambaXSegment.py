@@ -1,7 +1,9 @@
 """VMambaX Segment: lung tumour segmentation on co-registered PET/CT with the vMambaX network.
 
-The widget is thin: the work is in ``VMambaXSegmentLib.logic`` (no Qt), which runs the network on
-a worker thread while a timer here shows progress, so Slicer stays responsive and Cancel works.
+The widget is thin: the work is in ``VMambaXSegmentLib.logic`` (no Qt), which runs the network in
+a separate ``vmambax`` process while a timer here shows progress, so Slicer stays responsive,
+Cancel ends the run at once, and a crash of the network cannot take Slicer down. Opening the
+panel imports no torch (models from the registry's JSON, devices from a child process).
 """
 
 import logging
@@ -37,6 +39,7 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
@@ -151,13 +154,18 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         for key in PET_UNITS:
             self.ui.petUnitsComboBox.addItem(_(PET_UNITS_LABELS[key]), key)
-        self._populateModels()
-        self._populateDevices()
+        self._populateModels()  # from the registry's JSON: no torch
+        self._populateDevices()  # "Automatic" and "CPU" until the device probe answers
         _BUSY.add_listener(self._updateButtons)  # an install or export in either panel
 
         self._timer = qt.QTimer()
         self._timer.setInterval(150)
         self._timer.connect("timeout()", self._onTimer)
+        # Which GPUs PyTorch sees is asked in a child process; the list fills when it answers.
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(250)
+        self._deviceTimer.connect("timeout()", self._onDeviceProbe)
+        self._followDeviceProbe()
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -175,6 +183,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._task is not None:
             self._task.cancel()
         self._timer.stop()
+        self._deviceTimer.stop()
         _BUSY.release(self._taskToken)
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
@@ -288,6 +297,15 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selected = (self._parameterNode or self.logic.getParameterNode()).device
         refill_choices(self.ui.deviceComboBox, self.logic.deviceChoices(), selected)
 
+    def _followDeviceProbe(self, again=False):
+        _DEVICES.start(force=again)
+        self._deviceTimer.start()
+
+    def _onDeviceProbe(self):
+        if _DEVICES.poll() or _DEVICES.answered:
+            self._deviceTimer.stop()
+            self._populateDevices()
+
     def _addModelFile(self, path):
         combo = self.ui.modelComboBox
         combo.addItem(os.path.basename(path), path)
@@ -367,8 +385,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._dependenciesChecked = True
         if notes:
             slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")
-        self._populateDevices()  # a freshly installed CUDA torch adds the GPU; choice kept
-        self._populateModels()  # the registry needs torch: before the install only the default
+        self._populateDevices()
+        self._followDeviceProbe(again=True)  # a freshly installed CUDA torch adds the GPU
+        self._populateModels()  # models registered meanwhile
 
     def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
         from vmambax.data.patient import DifferentPatientsError

@@ -38,6 +38,7 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import device_choices, refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
@@ -119,6 +120,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._chart = None
         self._dependenciesChecked = False
         self._updatingGUI = False
+        self._configGuessed = False  # the network was set before the device probe answered
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -139,6 +141,12 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(1000)
         self._timer.connect("timeout()", self._onTimer)
+        # Which GPUs PyTorch sees is asked in a child process (no torch in Slicer's).
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(250)
+        self._deviceTimer.connect("timeout()", self._onDeviceProbe)
+        _DEVICES.start()
+        self._deviceTimer.start()
 
         self.ui.sceneCasesRadioButton.connect("toggled(bool)", self._updateSourceVisibility)
         self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
@@ -166,6 +174,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None and self._run.isRunning():
             self._run.stop()  # checkpoint and exit: the run can be resumed later
         self._timer.stop()
+        self._deviceTimer.stop()
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
 
@@ -193,12 +202,23 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def _onDeviceProbe(self):
+        if not (_DEVICES.poll() or _DEVICES.answered):
+            return
+        self._deviceTimer.stop()
+        p = self._parameterNode
+        refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")
+        if p is not None and self._configGuessed and p.config != defaultConfig():
+            p.config = defaultConfig()  # the guess before the probe answered was wrong
+        self._configGuessed = False
+
     # -- parameter node -------------------------------------------------------------------------
     def initializeParameterNode(self):
         p = self.logic.getParameterNode()
         with slicer.util.NodeModify(p):
             if not p.config:
                 p.config = defaultConfig()  # vmambax-nano without CUDA
+                self._configGuessed = not _DEVICES.answered
             if not p.runFolder:
                 p.runFolder = os.path.join(os.path.expanduser("~"), "VMambaX", "runs", "run1")
         self.setParameterNode(p)
@@ -236,6 +256,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or self._updatingGUI:
             return
+        self._configGuessed = False  # the user's choice from now on
         with slicer.util.NodeModify(p):
             p.config = self.ui.configComboBox.currentData or defaultConfig()
             p.device = self.ui.trainDeviceComboBox.currentData or "auto"
@@ -328,9 +349,9 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.info(note)
         if notes:
             slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX Train")
-        p = self._parameterNode
-        # A freshly installed CUDA torch adds the GPU; the user's device choice is kept.
-        refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")
+        # A freshly installed CUDA torch adds the GPU (the user's device choice is kept).
+        _DEVICES.start(force=True)
+        self._deviceTimer.start()
 
     def onStart(self, resume=False):
         if _BUSY.busy or (self._run is not None and self._run.isRunning()):

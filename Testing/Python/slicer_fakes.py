@@ -364,6 +364,10 @@ class FakeApp:
 
     def __init__(self):
         self.during_events: list = []
+        self.connections: list = []
+
+    def connect(self, signal, slot):
+        self.connections.append((signal, slot))
 
     def processEvents(self):
         while self.during_events:

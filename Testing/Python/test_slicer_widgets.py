@@ -14,10 +14,18 @@ import psutil
 import pytest
 
 import slicer_fakes
-from VMambaXCommon import busy, install
+from VMambaXCommon import busy, devices, install
 from VMambaXCommon.devices import device_choices
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+def _probe_says(cuda, mps=False):
+    """A device probe command answering as ``python -m vmambax.infer.worker --devices`` would."""
+    answer = {"event": "devices", "torch": "2.13.0", "cuda": cuda, "mps": mps,
+              "cuda_version": "12.4" if cuda else None, "platform": sys.platform,
+              "gpu_extras_supported": cuda, "nvidia_gpu": cuda}
+    return [sys.executable, "-c", f"import json; print(json.dumps({answer!r}))"]
 
 
 @pytest.fixture
@@ -25,6 +33,7 @@ def gui(monkeypatch, tmp_path):
     monkeypatch.setenv("VMAMBAX_HOME", str(tmp_path / "home"))  # an empty user model registry
     env = slicer_fakes.install(monkeypatch)
     monkeypatch.setattr(busy, "SHARED", busy.BusyGuard())  # this test's Slicer session
+    monkeypatch.setattr(devices, "PROBE", devices.DeviceProbe(command=_probe_says(cuda=False)))
     env.segment = slicer_fakes.import_module_file(monkeypatch, "VMambaXSegment")
     env.train = slicer_fakes.import_module_file(monkeypatch, "VMambaXTrain")
     env.widgets = []
@@ -397,3 +406,27 @@ def test_segment_start_and_display_failures_are_reported(gui, monkeypatch):
     assert "could not be shown: no table" in segment.ui.statusLabel.text
     assert len(gui.dialogs.errors) == 2 and "no table" in gui.dialogs.errors[1]
     assert not busy.SHARED.busy and segment._task is None and segment.ui.segmentButton.enabled
+
+
+def _until_answered(widget, timeout=30):
+    deadline = time.monotonic() + timeout
+    while widget._deviceTimer.active:
+        assert time.monotonic() < deadline, "the device probe did not answer"
+        widget._onDeviceProbe()  # what the timer does every 250 ms
+        time.sleep(0.02)
+
+
+def test_device_lists_fill_when_the_probe_answers_keeping_the_saved_choice(gui, monkeypatch):
+    monkeypatch.setattr(devices.PROBE, "_command", _probe_says(cuda=True))  # a GPU machine
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    segment._parameterNode.device = "cuda"  # a scene saved on a GPU machine
+    combo = segment.ui.deviceComboBox
+    assert combo.data() == ["auto", "cpu"]  # at once, without asking torch
+    assert segment._parameterNode.device == "cuda"  # kept while the list is incomplete
+    for widget in (segment, train):
+        _until_answered(widget)
+    assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cuda"
+    assert train.ui.trainDeviceComboBox.data() == ["auto", "cpu", "cuda"]
+    # The network guessed before the answer follows it (CUDA: the paper's network).
+    assert train._parameterNode.config == "vmambax"

@@ -24,16 +24,14 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from vmambax.data.case import check_not_swapped, inspect_pair
-from vmambax.data.patient import check_same_patient
 from vmambax.errors import ConfigError, InputError
 
 from VMambaXCommon.devices import device_choices
 from VMambaXCommon.dicom_tags import identity_tags_from_node
-from VMambaXSegmentLib import scene_output
-from VMambaXCommon.mrml_sitk import volume_node_to_image
-from VMambaXCommon.pet import pet_node_to_suv
 from VMambaXSegmentLib.task import BackgroundTask
+
+# Slicer imports this module at start-up (the module's Logic class): the data layer (SimpleITK,
+# scipy, pydicom) and the scene helpers are imported where they are used, not here.
 
 ProgressFn = Callable[[float, str], None]
 
@@ -149,6 +147,13 @@ class VMambaXSegmentLogic:
         ``allowDifferentPatients`` (the widget asks first); other problems worth knowing
         (partial PET coverage, other study or frame of reference) come back as warnings.
         """
+        from vmambax.data.case import check_not_swapped, inspect_pair
+        from vmambax.data.patient import check_same_patient
+
+        from VMambaXCommon.mrml_sitk import volume_node_to_image
+        from VMambaXCommon.pet import pet_node_to_suv
+        from VMambaXSegmentLib import scene_output
+
         _check_volume(ctNode, "CT")
         _check_volume(petNode, "PET")
         if ctNode is petNode:
@@ -250,6 +255,8 @@ class VMambaXSegmentLogic:
         if ctNode.GetScene() is None:
             raise InputError(f"the CT {ctNode.GetName()!r} was removed from the scene while "
                              f"segmenting; nothing was written")
+        from VMambaXSegmentLib import scene_output
+
         scene = ctNode.GetScene()
         created, picked_state = [], None
         try:

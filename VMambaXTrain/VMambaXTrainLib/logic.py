@@ -25,7 +25,6 @@ import subprocess
 import time
 from pathlib import Path
 
-from vmambax.data.rtstruct import TUMOUR_WORDS as TUMOUR_SEGMENT_WORDS  # one list: ROIs, segments
 from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
 
@@ -52,13 +51,15 @@ class TrainingCase:
 def tumourSegmentId(segmentationNode) -> str:
     """The segment holding the tumour: named like one (tumour, tumor, lesion, GTV...), or the
     only segment. Raises InputError listing the segments when it is ambiguous."""
+    from vmambax.data.rtstruct import TUMOUR_WORDS  # one list: ROIs, segments
+
     segmentation = segmentationNode.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     if not ids:
         raise InputError(f"segmentation {segmentationNode.GetName()!r} has no segments; draw the "
                          f"tumour in Segment Editor first")
     matches = [i for i in ids
-               if any(w in segmentation.GetSegment(i).GetName().lower() for w in TUMOUR_SEGMENT_WORDS)]
+               if any(w in segmentation.GetSegment(i).GetName().lower() for w in TUMOUR_WORDS)]
     if len(matches) == 1 or (matches and len(ids) == 1):
         return matches[0]
     if len(ids) == 1:
@@ -87,9 +88,14 @@ def defaultConfig(cuda: bool | None = None) -> str:
     """The network a new run starts with: the paper's on a CUDA GPU, the nano one elsewhere
     (the full network takes days per epoch on a CPU)."""
     if cuda is None:
-        from vmambax.deps import cuda_available
+        from VMambaXCommon.devices import PROBE
 
-        cuda = cuda_available()
+        if PROBE.answered:
+            cuda = bool(PROBE.info.get("cuda"))
+        else:  # no torch import in Slicer: an NVIDIA driver is the guess until the probe answers
+            from vmambax.deps import nvidia_gpu_present
+
+            cuda = nvidia_gpu_present()
     return "vmambax" if cuda else "vmambax-nano"
 
 
