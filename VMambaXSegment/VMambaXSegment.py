@@ -167,6 +167,14 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceTimer.connect("timeout()", self._onDeviceProbe)
         self._followDeviceProbe()
 
+        self._gpuInstall = None  # the "Install GPU acceleration" build, while it runs
+        self._gpuToken = None
+        self._gpuTimer = qt.QTimer()
+        self._gpuTimer.setInterval(500)
+        self._gpuTimer.connect("timeout()", self._onGpuTimer)
+        self.ui.installGpuButton.connect("clicked(bool)", self.onInstallGpu)
+        self.ui.cancelGpuButton.connect("clicked(bool)", self.onCancelGpu)
+
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.browseModelButton.connect("clicked(bool)", self.onBrowseModel)
@@ -182,8 +190,12 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self._task is not None:
             self._task.cancel()
+        if self._gpuInstall is not None:
+            self._gpuInstall.cancel()
         self._timer.stop()
         self._deviceTimer.stop()
+        self._gpuTimer.stop()
+        _BUSY.release(self._gpuToken)
         _BUSY.release(self._taskToken)
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
@@ -305,6 +317,60 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if _DEVICES.poll() or _DEVICES.answered:
             self._deviceTimer.stop()
             self._populateDevices()
+            self._updateButtons()  # GPU acceleration is offered once the GPU is known
+
+    # -- GPU acceleration (optional, never part of a Segment click) -----------------------------
+    def onInstallGpu(self):
+        from VMambaXCommon.gpu_install import GpuAccelerationInstall, cuda_compiler_note
+
+        if _BUSY.busy or self._gpuInstall is not None:
+            return
+        note = cuda_compiler_note()
+        question = _("Build the CUDA selective scan (mamba-ssm, causal-conv1d) now? It runs in "
+                     "the background for 10-30 minutes (at most 60); Slicer stays usable but "
+                     "VMambaX waits for it. You can cancel it at any time.")
+        if not slicer.util.confirmOkCancelDisplay(question + (f"\n\n{note}" if note else ""),
+                                                  windowTitle=_("VMambaX: GPU acceleration")):
+            return
+        try:
+            token = _BUSY.acquire(_("installing GPU acceleration"))
+        except Exception as exc:
+            show_error(exc, _("VMambaX: GPU acceleration"))
+            return
+        self._gpuToken = token
+        self.ui.gpuLogTextEdit.clear()
+        self._gpuInstall = GpuAccelerationInstall().start()
+        self.ui.statusLabel.text = _("Building the GPU acceleration in the background…")
+        self._gpuTimer.start()
+        self._updateButtons()
+
+    def onCancelGpu(self):
+        if self._gpuInstall is not None:
+            self._gpuInstall.cancel()
+            self._onGpuTimer()
+
+    def _onGpuTimer(self):
+        job = self._gpuInstall
+        if job is None:
+            self._gpuTimer.stop()
+            return
+        for line in job.new_lines():
+            self.ui.gpuLogTextEdit.appendPlainText(line)
+        if not job.finished:
+            return
+        for line in job.new_lines():
+            self.ui.gpuLogTextEdit.appendPlainText(line)
+        self._gpuTimer.stop()
+        self._gpuInstall = None
+        token, self._gpuToken = self._gpuToken, None
+        _BUSY.release(token)
+        self.ui.statusLabel.text = job.message
+        if job.state == "done":
+            self._followDeviceProbe(again=True)  # what the new build offers
+            slicer.util.infoDisplay(job.message, windowTitle=_("VMambaX: GPU acceleration"))
+        elif job.state != "cancelled":
+            slicer.util.warningDisplay(job.message, windowTitle=_("VMambaX: GPU acceleration"))
+        self._updateButtons()
 
     def _addModelFile(self, path):
         combo = self.ui.modelComboBox
@@ -365,23 +431,37 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton,
                        self.ui.outputCollapsibleButton):
             widget.enabled = not running
+        self._updateGpuButtons()
         if busy and not running:
             self.ui.segmentButton.toolTip = _("Wait: VMambaX is {job}.").format(job=_BUSY.job)
         elif not running:
             self.ui.segmentButton.toolTip = (_("Segment the lung tumours.") if ready else
                                              _("Select a CT and a PET volume first."))
 
+    def _updateGpuButtons(self):
+        from VMambaXCommon.gpu_install import unsupported_reason
+
+        installing = self._gpuInstall is not None
+        reason = unsupported_reason(_DEVICES.info)
+        self.ui.installGpuButton.enabled = not installing and not _BUSY.busy and reason is None
+        self.ui.cancelGpuButton.enabled = installing
+        if reason is not None:
+            self.ui.installGpuButton.toolTip = _("Not available: {reason}.").format(reason=reason)
+        else:
+            self.ui.installGpuButton.toolTip = _(
+                "Build and install mamba-ssm and causal-conv1d in the background (cancellable, "
+                "stops after 60 minutes).")
+
     # -- running ----------------------------------------------------------------------------
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return
-        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
-        # pip runs with the event loop turning: the busy guard keeps a second click out.
+        # pip runs with the event loop turning: the busy guard keeps a second click out. The
+        # GPU scan build is never offered here (its own action, in the GPU acceleration section).
         with _BUSY.hold(_("installing Python packages")):
-            notes = ensure_dependencies_in_slicer("segment", settings=QtSettingsStore(),
-                                                  ask_gpu_extras=ask_install_later_never)
+            notes = ensure_dependencies_in_slicer("segment")
         self._dependenciesChecked = True
         if notes:
             slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")

@@ -338,12 +338,10 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return
-        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
         with _BUSY.hold(_("installing Python packages")):  # pip runs with the event loop turning
-            notes = ensure_dependencies_in_slicer("train", settings=QtSettingsStore(),
-                                                  ask_gpu_extras=ask_install_later_never)
+            notes = ensure_dependencies_in_slicer("train")
         self._dependenciesChecked = True
         for note in notes:
             logging.info(note)

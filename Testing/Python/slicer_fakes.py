@@ -199,7 +199,22 @@ class FakeListWidget(FakeWidget):
         self.rows = []
 
 
-CLASSES = {"QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
+class FakePlainTextEdit(FakeWidget):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines: list[str] = []
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+    def toPlainText(self):
+        return "\n".join(self.lines)
+
+    def clear(self):
+        self.lines = []
+
+
+CLASSES = {"QPlainTextEdit": FakePlainTextEdit, "QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
            "ctkPathLineEdit": FakePathLineEdit, "QSpinBox": FakeSpinBox,
            "ctkDoubleSpinBox": FakeSpinBox, "QDoubleSpinBox": FakeSpinBox,
            "QLineEdit": FakeLineEdit, "QListWidget": FakeListWidget, "QCheckBox": FakeCheckBox}

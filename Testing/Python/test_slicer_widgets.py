@@ -113,9 +113,8 @@ def test_segment_keeps_the_users_device_through_the_first_install(gui, monkeypat
     assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cpu"
     assert segment._parameterNode.device == "cpu"
     assert gui.dialogs.infos == ["Installed: torch>=2.5"] and gui.dialogs.errors == []
-    # The GPU-extras question can say "Don't ask again" (QSettings-backed).
-    assert record.install_kwargs[0].get("settings") is not None
-    assert record.install_kwargs[0].get("ask_gpu_extras") is not None
+    # Issue 17.3: no GPU-extras question inside the Segment click (its own action).
+    assert record.install_kwargs[0] == {}
     record.task.done = True
     segment._onTimer()
     # Point 19: the PET over the CT, in PET-Heat colours.
