@@ -71,13 +71,13 @@ class VMambaXSegment(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Add "VMambaXPETCTPhantom" to the Sample Data module: generated here, never downloaded."""
+    """Add "VMambaX PET/CT phantom" to the Sample Data module: generated here, never downloaded."""
     import SampleData
 
-    from VMambaXCommon.sample_data import SAMPLE_NAME, sample_source_arguments
+    from VMambaXCommon.sample_data import SAMPLE_ID, sample_source_arguments
 
     icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons",
-                        f"{SAMPLE_NAME}.png")
+                        f"{SAMPLE_ID}.png")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         **sample_source_arguments(loadPhantomSample, icon))
 
