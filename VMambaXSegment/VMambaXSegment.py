@@ -228,11 +228,13 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
         if not p.ctVolume or not p.petVolume:
-            ct, pet = _guessPetCt()
-            if ct and not p.ctVolume:
-                p.ctVolume = ct
-            if pet and not p.petVolume:
-                p.petVolume = pet
+            choice = _guessPetCt()
+            if choice.ct and not p.ctVolume:
+                p.ctVolume = choice.ct
+            if choice.pet and not p.petVolume:
+                p.petVolume = choice.pet
+            if choice.note and self._task is None:
+                self.ui.statusLabel.text = choice.note  # which series were taken, and why
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -469,8 +471,10 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._followDeviceProbe(again=True)  # a freshly installed CUDA torch adds the GPU
         self._populateModels()  # models registered meanwhile
 
-    def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
+    def onSegmentButton(self, _checked=False, allowDifferentPatients=False,
+                        replaceOtherCtOutput=False):
         from vmambax.data.patient import DifferentPatientsError
+        from VMambaXSegmentLib.scene_output import OutputOfAnotherCT
 
         if _BUSY.busy or self._task is not None:
             return  # a click queued while something runs (the button is disabled then)
@@ -485,7 +489,8 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model,
                     device=p.device, petUnits=p.petUnits, weightKg=p.weightKg or None,
                     doseMBq=p.doseMBq or None, allSlices=p.allSlices,
-                    allowDifferentPatients=allowDifferentPatients)
+                    allowDifferentPatients=allowDifferentPatients,
+                    replaceOtherCtOutput=replaceOtherCtOutput)
             except BaseException:
                 _BUSY.release(token)
                 raise
@@ -494,9 +499,21 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Different patients: waiting for confirmation.")
             if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Segment anyway?"),
                                                windowTitle=_("VMambaX: different patients?")):
-                self.onSegmentButton(allowDifferentPatients=True)
+                self.onSegmentButton(allowDifferentPatients=True,
+                                     replaceOtherCtOutput=replaceOtherCtOutput)
             else:
                 self.ui.statusLabel.text = _("Not started: the CT and PET are of different patients.")
+            self._updateButtons()
+            return
+        except OutputOfAnotherCT as exc:  # the user's pick holds another CT's result: ask
+            self.ui.statusLabel.text = _("The output holds another CT's result: waiting for "
+                                         "confirmation.")
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Replace it?"),
+                                               windowTitle=_("VMambaX: replace another CT's result?")):
+                self.onSegmentButton(allowDifferentPatients=allowDifferentPatients,
+                                     replaceOtherCtOutput=True)
+            else:
+                self.ui.statusLabel.text = _("Not started: the output was kept as it is.")
             self._updateButtons()
             return
         except Exception as exc:
@@ -511,7 +528,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelButton(self):
         if self._task is not None:
             self._task.cancel()
-            self.ui.statusLabel.text = _("Cancelling after the current batch…")
+            self.ui.statusLabel.text = _("Cancelling…")
             self.ui.cancelButton.enabled = False
 
     def _onTimer(self):
@@ -570,10 +587,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def _guessPetCt():
     """Pre-select CT and PET: DICOM modality (Slicer's DICOM database) first, whole-word names
-    as a fallback (VMambaXSegmentLib.inputs)."""
-    from VMambaXSegmentLib.inputs import guess_pet_ct
+    as a fallback; the largest non-localizer CT, the attenuation-corrected PET
+    (VMambaXSegmentLib.inputs)."""
+    from VMambaXSegmentLib.inputs import choose_pet_ct
 
-    return guess_pet_ct(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+    return choose_pet_ct(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
 
 
 #

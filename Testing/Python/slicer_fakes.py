@@ -462,6 +462,7 @@ def install(monkeypatch):
     monkeypatch.setattr(slicer.util, "warningDisplay",
                         lambda text, **kw: dialogs.warnings.append(text), raising=False)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", confirm, raising=False)
     monkeypatch.setattr(slicer.util, "showStatusMessage", lambda *a, **k: None)
     monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
     return types.SimpleNamespace(scene=scene, app=app, dialogs=dialogs)

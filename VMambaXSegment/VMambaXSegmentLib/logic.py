@@ -135,8 +135,8 @@ class VMambaXSegmentLogic:
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",
                 petTags=None, weightKg: float | None = None, doseMBq: float | None = None,
-                petRwvmFile=None, ctTags=None,
-                allowDifferentPatients: bool = False) -> SegmentInputs:
+                petRwvmFile=None, ctTags=None, allowDifferentPatients: bool = False,
+                replaceOtherCtOutput: bool = False) -> SegmentInputs:
         """Validate and read the inputs (main thread). Changes nothing in the scene.
 
         Swapped CT and PET are refused before the PET's units are worked out, so the user is
@@ -146,6 +146,8 @@ class VMambaXSegmentLogic:
         database). Different PatientIDs raise ``DifferentPatientsError`` unless
         ``allowDifferentPatients`` (the widget asks first); other problems worth knowing
         (partial PET coverage, other study or frame of reference) come back as warnings.
+        A chosen output holding the tumour of another CT raises ``OutputOfAnotherCT`` unless
+        ``replaceOtherCtOutput`` (the widget asks first).
         """
         from vmambax.data.case import check_not_swapped, inspect_pair
         from vmambax.data.patient import check_same_patient
@@ -166,6 +168,8 @@ class VMambaXSegmentLogic:
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
             scene_output.check_output_transform(outputSegmentation, ctNode)
+            if not replaceOtherCtOutput:
+                scene_output.check_other_ct_output(outputSegmentation, ctNode)
         if ctTags is None:
             ctTags = identity_tags_from_node(ctNode)
         petIdentity = petTags if petTags is not None else identity_tags_from_node(petNode)
@@ -196,12 +200,14 @@ class VMambaXSegmentLogic:
                      doseMBq: float | None = None, batchSize: int | None = None,
                      allSlices: bool = False, start: bool = True, ctTags=None,
                      allowDifferentPatients: bool = False, petRwvmFile=None,
-                     inProcess: bool | None = None) -> BackgroundTask:
+                     inProcess: bool | None = None,
+                     replaceOtherCtOutput: bool = False) -> BackgroundTask:
         """Validate now, segment in the background; call ``task.apply()`` once ``task.done``.
 
         By default the network runs only on the slices around the CT's lungs (the others stay
         empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
-        ``petTags``, ``ctTags``, ``petRwvmFile``: as for ``prepare``.
+        ``petTags``, ``ctTags``, ``petRwvmFile``, ``allowDifferentPatients``,
+        ``replaceOtherCtOutput``: as for ``prepare``.
         ``inProcess``: False (the default) runs the network in a ``vmambax`` worker process;
         True on a thread of this process (the default when a ``segmenterClass`` was given,
         which cannot be handed to another process).
@@ -216,7 +222,8 @@ class VMambaXSegmentLogic:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
         inputs = self.prepare(ctNode, petNode, outputSegmentation, petUnits, petTags, weightKg,
                               doseMBq, petRwvmFile=petRwvmFile, ctTags=ctTags,
-                              allowDifferentPatients=allowDifferentPatients)
+                              allowDifferentPatients=allowDifferentPatients,
+                              replaceOtherCtOutput=replaceOtherCtOutput)
 
         if inProcess is None:
             inProcess = self.segmenterClass is not None
