@@ -15,6 +15,7 @@ import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
 import qt
 import slicer
 import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest,
@@ -78,8 +79,10 @@ class VMambaXTrain(ScriptedLoadableModule):
 @parameterNodeWrapper
 class VMambaXTrainParameterNode:
     """Everything the panel shows, saved with the scene. ``epochs`` and ``modelName`` are bound
-    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels)
-    and the folders are synchronised by hand."""
+    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels),
+    the folders and the case list are synchronised by hand. The scene cases are three lists of
+    node references, case i being (caseCts[i], casePets[i], caseSegmentations[i]): they are
+    saved with the scene and come back when it is loaded again."""
 
     config: str = ""  # "": not chosen yet -> vmambax with CUDA, vmambax-nano without
     epochs: Annotated[int, WithinRange(1, 10000)] = 50
@@ -87,6 +90,9 @@ class VMambaXTrainParameterNode:
     runFolder: str = ""
     dataFolder: str = ""
     modelName: str = "my-vmambax"
+    caseCts: list[vtkMRMLScalarVolumeNode]
+    casePets: list[vtkMRMLScalarVolumeNode]
+    caseSegmentations: list[vtkMRMLSegmentationNode]
 
 
 #
@@ -113,8 +119,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._cases = []
         self._run = None
+        self._trainToken = None  # our hold on the shared busy guard while the trainer runs
         self._modelName = None  # read and checked when the run started; registered at its end
         self._warnings = []  # the trainer's warning events of the current run
         self._chart = None
@@ -175,6 +181,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run.stop()  # checkpoint and exit: the run can be resumed later
         self._timer.stop()
         self._deviceTimer.stop()
+        _BUSY.release(self._trainToken)
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
 
@@ -193,7 +200,6 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         # A running training keeps going (it is a separate process); only scene links go.
-        self._cases = []
         self._chart = None
         self.setParameterNode(None)
         self.ui.casesListWidget.clear()
@@ -248,6 +254,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.runFolderPathLineEdit.currentPath = p.runFolder
             if self.ui.dataFolderPathLineEdit.currentPath != p.dataFolder:
                 self.ui.dataFolderPathLineEdit.currentPath = p.dataFolder
+            self._showCases()
         finally:
             self._updatingGUI = False
         self._updateButtons()
@@ -278,24 +285,44 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             show_error(exc, _("Cannot add this case"))
             return
-        self._cases.append(case)
-        self.ui.casesListWidget.addItem(f"{case.ctNode.GetName()} | {case.petNode.GetName()} | "
-                                        f"{case.segmentationNode.GetName()}")
-        self._updateButtons()
+        p = self._parameterNode
+        with slicer.util.NodeModify(p):  # new lists: the wrapper saves what is assigned
+            p.caseCts = list(p.caseCts) + [case.ctNode]
+            p.casePets = list(p.casePets) + [case.petNode]
+            p.caseSegmentations = list(p.caseSegmentations) + [case.segmentationNode]
 
     def onRemoveCase(self):
         row = self.ui.casesListWidget.currentRow
-        if 0 <= row < len(self._cases):
-            del self._cases[row]
-            self.ui.casesListWidget.takeItem(row)
-        self._updateButtons()
+        p = self._parameterNode
+        if p is None or not 0 <= row < len(p.caseCts):
+            return
+        with slicer.util.NodeModify(p):
+            p.caseCts = [n for i, n in enumerate(p.caseCts) if i != row]
+            p.casePets = [n for i, n in enumerate(p.casePets) if i != row]
+            p.caseSegmentations = [n for i, n in enumerate(p.caseSegmentations) if i != row]
+
+    def _sceneCases(self):
+        """The scene cases of the parameter node (a case whose node was deleted is left out)."""
+        p = self._parameterNode
+        if p is None:
+            return []
+        return [TrainingCase(ct, pet, seg) for ct, pet, seg
+                in zip(p.caseCts, p.casePets, p.caseSegmentations)
+                if ct is not None and pet is not None and seg is not None]
+
+    def _showCases(self):
+        p = self._parameterNode
+        self.ui.casesListWidget.clear()
+        for ct, pet, seg in zip(p.caseCts, p.casePets, p.caseSegmentations):
+            names = [n.GetName() if n is not None else _("(deleted)") for n in (ct, pet, seg)]
+            self.ui.casesListWidget.addItem(" | ".join(names))
 
     def _updateButtons(self, *_args):
         running = self._run is not None and self._run.isRunning()
         busy = _BUSY.busy  # an install or export (this panel) or a segmentation (the other)
         p = self._parameterNode
         if self.ui.sceneCasesRadioButton.checked:
-            haveData = len(self._cases) >= 2
+            haveData = len(self._sceneCases()) >= 2
         else:
             haveData = bool(p and p.dataFolder and os.path.isdir(p.dataFolder))
         haveRun = bool(p and p.runFolder)
@@ -327,7 +354,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with _BUSY.hold(_("exporting the training cases")):  # the export runs processEvents
             self.ui.statusLabel.text = _("Exporting the cases…")
             slicer.app.processEvents()
-            self.logic.exportCases(self._cases, target, progress=self._showProgress)
+            self.logic.exportCases(self._sceneCases(), target, progress=self._showProgress)
         return target
 
     def _showProgress(self, fraction, message):
@@ -369,6 +396,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             show_error(exc, _("VMambaX training could not start"))
             self._updateButtons()
             return
+        # Held while the trainer runs: no segmentation (or install) shares its GPU meanwhile.
+        self._trainToken = _BUSY.acquire(_("training"))
         self._modelName = modelName
         self._warnings = []
         if self._chart is None or self._chart.chartNode.GetScene() is None:
@@ -427,6 +456,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showEvent(event)
         self._timer.stop()
         self._run = None
+        token, self._trainToken = self._trainToken, None
+        _BUSY.release(token)  # notifies both panels
         final = (run.finalEvent or {}).get("event")
         if final == "done":
             self._register(run)

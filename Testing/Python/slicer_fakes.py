@@ -14,6 +14,7 @@ instead of in a user's Slicer.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import sys
@@ -262,9 +263,16 @@ class WithinRange:
 _VALUES: dict[str, dict] = {}  # node ID -> typed values (Slicer keeps strings on the node)
 
 
+def _default(cls, name, hint):
+    """The class's default, else what Slicer's wrapper gives: an empty list for ``list[...]``."""
+    if hasattr(cls, name):
+        return getattr(cls, name)
+    return [] if typing.get_origin(hint) is list else None
+
+
 def parameterNodeWrapper(cls):
     hints = typing.get_type_hints(cls, include_extras=True)
-    defaults = {name: getattr(cls, name, None) for name in hints}
+    defaults = {name: _default(cls, name, hint) for name, hint in hints.items()}
 
     class Wrapper:
         __name__ = cls.__name__
@@ -272,7 +280,7 @@ def parameterNodeWrapper(cls):
         def __init__(self, node):
             object.__setattr__(self, "parameterNode", node)
             object.__setattr__(self, "_guis", {})
-            values = _VALUES.setdefault(node.GetID(), dict(defaults))
+            values = _VALUES.setdefault(node.GetID(), copy.deepcopy(defaults))
             object.__setattr__(self, "_values", values)
 
         def __bool__(self):

@@ -429,3 +429,80 @@ def test_device_lists_fill_when_the_probe_answers_keeping_the_saved_choice(gui, 
     assert train.ui.trainDeviceComboBox.data() == ["auto", "cpu", "cuda"]
     # The network guessed before the answer follows it (CUDA: the paper's network).
     assert train._parameterNode.config == "vmambax"
+
+
+def test_train_case_list_lives_in_the_parameter_node(gui):
+    """Issue 17.4: the scene cases are node references in the parameter node, so they are saved
+    with the scene and come back when it is loaded (here: the panel let go and came back)."""
+    from VMambaXCommon.testing import add_phantom_case
+
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    p = train._parameterNode
+    cases = [add_phantom_case(gui.scene, seed=s, size=32, n_slices=4, prefix=f"C{s} ",
+                              segmentation=True)
+             for s in (1, 2)]
+    for ct, pet, _phantom, seg in cases:
+        train.ui.caseCtSelector.setCurrentNode(ct)
+        train.ui.casePetSelector.setCurrentNode(pet)
+        train.ui.caseSegmentationSelector.setCurrentNode(seg)
+        train.ui.addCaseButton.click()
+    assert gui.dialogs.errors == []
+    assert p.caseCts == [cases[0][0], cases[1][0]] and p.casePets == [cases[0][1], cases[1][1]]
+    assert p.caseSegmentations == [cases[0][3], cases[1][3]]
+    assert len(train.ui.casesListWidget.rows) == 2 and "C1 " in train.ui.casesListWidget.rows[0]
+    assert train.ui.startButton.enabled  # two cases and a run folder
+    train.exit()
+    train.ui.casesListWidget.clear()
+    train.enter()  # the list is rebuilt from the node
+    assert len(train.ui.casesListWidget.rows) == 2
+    train.ui.casesListWidget.currentRow = 0
+    train.ui.removeCaseButton.click()
+    assert p.caseCts == [cases[1][0]] and len(train.ui.casesListWidget.rows) == 1
+    assert not train.ui.startButton.enabled
+
+
+def test_the_busy_guard_is_held_while_training_runs(gui, monkeypatch, tmp_path):
+    """Issue 17.4: while the trainer runs, Segment is disabled (no segmentation shares the GPU
+    with a training run), and it is enabled again when the run ends."""
+    train, record = _train_panel(gui, monkeypatch, tmp_path)
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    from VMambaXCommon.testing import add_phantom_case
+
+    ct, pet, _ph, _seg = add_phantom_case(gui.scene, seed=2, size=32, n_slices=4)
+    segment._parameterNode.ctVolume, segment._parameterNode.petVolume = ct, pet
+    assert segment.ui.segmentButton.enabled
+    train.onStart(resume=False)
+    assert len(record.runs) == 1 and busy.SHARED.busy and busy.SHARED.job == "training"
+    assert not segment.ui.segmentButton.enabled
+    assert "training" in segment.ui.segmentButton.toolTip
+    runs = []
+    monkeypatch.setattr(segment.logic, "segmentAsync", lambda *a, **k: runs.append(k))
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer", lambda feature, **k: [])
+    segment.onSegmentButton()  # a click that slips through is refused
+    assert runs == []
+    record.runs[0].running, record.runs[0].finalEvent = False, {"event": "stopped"}
+    train._onTimer()
+    assert not busy.SHARED.busy and segment.ui.segmentButton.enabled
+
+
+def test_segment_asks_before_replacing_another_cts_result(gui, monkeypatch):
+    from VMambaXSegmentLib.scene_output import OutputOfAnotherCT
+
+    segment, _pet, record = _segment_panel(gui, monkeypatch)
+    calls = []
+
+    def start(*args, **kwargs):
+        calls.append(kwargs.get("replaceOtherCtOutput"))
+        if not kwargs.get("replaceOtherCtOutput"):
+            raise OutputOfAnotherCT("the output holds the 'Lung tumour' segmented on 'CT 1'")
+        return record.task
+
+    monkeypatch.setattr(segment.logic, "segmentAsync", start)
+    gui.dialogs.answer = False  # "No": nothing runs, the output stays
+    segment.ui.segmentButton.click()
+    assert calls == [False] and segment._task is None and not busy.SHARED.busy
+    assert "kept as it is" in segment.ui.statusLabel.text
+    assert "segmented on 'CT 1'" in gui.dialogs.confirms[-1]
+    gui.dialogs.answer = True  # "Yes": run again, replacing it
+    segment.ui.segmentButton.click()
+    assert calls == [False, False, True] and segment._task is record.task
