@@ -20,12 +20,16 @@ import logging
 
 from VMambaXCommon.i18n import translate
 
-DEVICE_LABELS = {
-    "auto": "Automatic (GPU if available)",
-    "cpu": "CPU",
-    "cuda": "NVIDIA GPU (CUDA)",
-    "mps": "Apple GPU (MPS)",
-}
+
+def device_labels() -> dict[str, str]:
+    """The words shown for each device key, translated inside Slicer (literals in translate()
+    calls, so Slicer's translation tools find them)."""
+    return {
+        "auto": translate("VMambaX", "Automatic (GPU if available)"),
+        "cpu": translate("VMambaX", "CPU"),
+        "cuda": translate("VMambaX", "NVIDIA GPU (CUDA)"),
+        "mps": translate("VMambaX", "Apple GPU (MPS)"),
+    }
 
 
 class DeviceProbe:
@@ -114,8 +118,7 @@ def available_devices(cuda: bool | None = None, mps: bool | None = None,
 
 def device_label(key: str) -> str:
     """The words shown for a device key (translated inside Slicer); unknown keys as they are."""
-    label = DEVICE_LABELS.get(key)
-    return translate("VMambaX", label) if label else key
+    return device_labels().get(key, key)
 
 
 def device_choices(cuda: bool | None = None, mps: bool | None = None,

@@ -20,6 +20,9 @@ def show_error(exc, title):
         # A bug in the segmentation process carries that process's traceback.
         details = getattr(exc, "details", "") or traceback.format_exc()
         logging.error(details)
-        slicer.util.errorDisplay(f"{title}: {exc}\n\nThis is a bug in VMambaX; please report "
-                                 "it with the details below.", windowTitle=title,
-                                 detailedText=details)
+        from VMambaXCommon.i18n import translate
+
+        slicer.util.errorDisplay(
+            translate("VMambaX", "{title}: {error}\n\nThis is a bug in VMambaX; please report it "
+                      "with the details below.").format(title=title, error=exc),
+            windowTitle=title, detailedText=details)

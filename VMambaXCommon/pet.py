@@ -29,11 +29,17 @@ from vmambax.errors import ConfigError, InputError
 from VMambaXCommon import dicom_tags
 
 PET_UNITS = ("auto", "bqml", "suv")
-PET_UNITS_LABELS = {
-    "auto": "Auto-detect",
-    "bqml": "Bq/mL (convert to SUV)",
-    "suv": "SUV (already converted)",
-}
+
+
+def pet_units_labels() -> dict[str, str]:
+    """The PET-units choices as the panel shows them (translated inside Slicer)."""
+    from VMambaXCommon.i18n import translate
+
+    return {"auto": translate("VMambaX", "Auto-detect"),
+            "bqml": translate("VMambaX", "Bq/mL (convert to SUV)"),
+            "suv": translate("VMambaX", "SUV (already converted)")}
+
+
 _SUV_HINT = ("Choose PET units 'SUV (already converted)' in the Inputs section (Python: "
              "petUnits='suv'); a PET loaded by PETDICOMExtension is recognised with "
              "'Auto-detect'.")

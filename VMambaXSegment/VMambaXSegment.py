@@ -43,7 +43,7 @@ from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
-from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
+from VMambaXCommon.pet import PET_UNITS, pet_units_labels
 
 
 #
@@ -87,8 +87,9 @@ def loadPhantomSample(source=None):
     from VMambaXCommon.display import show_pet_over_ct
     from VMambaXCommon.sample_data import add_phantom_sample
 
-    with slicer.util.tryWithErrorDisplay("Could not create the VMambaX phantom.", waitCursor=True):
-        slicer.util.showStatusMessage("Generating the synthetic VMambaX PET/CT phantom…", 3000)
+    with slicer.util.tryWithErrorDisplay(_("Could not create the VMambaX phantom."),
+                                         waitCursor=True):
+        slicer.util.showStatusMessage(_("Generating the synthetic VMambaX PET/CT phantom…"), 3000)
         ct, pet = add_phantom_sample(slicer.mrmlScene)
         # As a finished run shows them; the sample keeps its 0-8 SUV window.
         show_pet_over_ct(ct, pet, auto_window_level=False)
@@ -152,8 +153,9 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VMambaXSegmentLogic()
 
+        labels = pet_units_labels()
         for key in PET_UNITS:
-            self.ui.petUnitsComboBox.addItem(_(PET_UNITS_LABELS[key]), key)
+            self.ui.petUnitsComboBox.addItem(labels[key], key)
         self._populateModels()  # from the registry's JSON: no torch
         self._populateDevices()  # "Automatic" and "CPU" until the device probe answers
         _BUSY.add_listener(self._updateButtons)  # an install or export in either panel
@@ -466,7 +468,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             notes = ensure_dependencies_in_slicer("segment")
         self._dependenciesChecked = True
         if notes:
-            slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")
+            slicer.util.infoDisplay("\n\n".join(notes), windowTitle=_("VMambaX"))
         self._populateDevices()
         self._followDeviceProbe(again=True)  # a freshly installed CUDA torch adds the GPU
         self._populateModels()  # models registered meanwhile
@@ -575,7 +577,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Says which rule set the PET units, and every warning (partial PET, other study, ...).
         self.ui.statusLabel.text = output.statusText()
         if output.warnings:
-            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
+            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle=_("VMambaX"))
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         from VMambaXCommon.display import show_pet_over_ct

@@ -46,11 +46,14 @@ from VMambaXTrainLib.chart import TrainingChart
 from VMambaXTrainLib.logic import TrainingCase, defaultConfig
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
 
-CONFIG_CHOICES = (
-    ("vmambax", "vMambaX (paper network, needs a GPU)"),
-    ("vmambax-nano", "vMambaX nano (small, trains on a CPU)"),
-    ("cipa", "CIPA (comparison network)"),
-)
+
+
+def configChoices():
+    """The networks offered, as (config name, words); literals inside _() so they translate."""
+    return (("vmambax", _("vMambaX (paper network, needs a GPU)")),
+            ("vmambax-nano", _("vMambaX nano (small, trains on a CPU)")),
+            ("cipa", _("CIPA (comparison network)")))
+
 STOP_GRACE_S = 300  # a stop not honoured by then (a hung step) ends the process tree
 
 
@@ -140,8 +143,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.plotWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.plotContainer.layout().addWidget(self.plotWidget)
 
-        for key, label in CONFIG_CHOICES:
-            self.ui.configComboBox.addItem(_(label), key)
+        for key, label in configChoices():
+            self.ui.configComboBox.addItem(label, key)
         refill_choices(self.ui.trainDeviceComboBox, device_choices(), "auto")
 
         self._timer = qt.QTimer()
@@ -373,7 +376,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for note in notes:
             logging.info(note)
         if notes:
-            slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX Train")
+            slicer.util.infoDisplay("\n\n".join(notes), windowTitle=_("VMambaX Train"))
         # A freshly installed CUDA torch adds the GPU (the user's device choice is kept).
         _DEVICES.start(force=True)
         self._deviceTimer.start()
@@ -490,17 +493,19 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         step, total = event.get("step"), event.get("total_steps")
         if step is not None and total:
             self.ui.progressBar.value = int(round(100 * min(step / total, 1.0)))
-        parts = [f"epoch {event.get('epoch', 0) + 1}"] if event.get("epoch") is not None else []
+        parts = []
+        if event.get("epoch") is not None:
+            parts.append(_("epoch {epoch}").format(epoch=event["epoch"] + 1))
         if step is not None and total:
-            parts.append(f"step {step}/{total}")
+            parts.append(_("step {step}/{total}").format(step=step, total=total))
         if event.get("loss") is not None:
-            parts.append(f"loss {event['loss']:.4f}")
+            parts.append(_("loss {loss:.4f}").format(loss=event["loss"]))
         if event.get("val_dice") is not None:
-            parts.append(f"validation Dice {event['val_dice']:.3f}")
+            parts.append(_("validation Dice {dice:.3f}").format(dice=event["val_dice"]))
         if event.get("eta_s"):
-            parts.append(f"about {event['eta_s'] / 60:.0f} min left")
+            parts.append(_("about {minutes:.0f} min left").format(minutes=event["eta_s"] / 60))
         if kind in ("step", "epoch", "start", "checkpoint"):
-            self.ui.statusLabel.text = _("Training: ") + ", ".join(parts)
+            self.ui.statusLabel.text = _("Training: {progress}").format(progress=", ".join(parts))
 
     def _register(self, run):
         name = self._modelName or "my-vmambax"  # as read and checked when the run started
