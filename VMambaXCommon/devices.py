@@ -56,6 +56,11 @@ class DeviceProbe:
     def answered(self) -> bool:
         return self.info is not None
 
+    @property
+    def pending(self) -> bool:
+        """A probe is running (a new answer will come; ``info`` may still be the last one)."""
+        return self._job is not None
+
     def start(self, force: bool = False) -> "DeviceProbe":
         if self._job is not None or (self.info is not None and not force):
             return self

@@ -318,7 +318,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._deviceTimer.start()
 
     def _onDeviceProbe(self):
-        if _DEVICES.poll() or _DEVICES.answered:
+        if _DEVICES.poll() or not _DEVICES.pending:
             self._deviceTimer.stop()
             self._populateDevices()
             self._updateButtons()  # GPU acceleration is offered once the GPU is known
@@ -497,25 +497,19 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 _BUSY.release(token)
                 raise
             self._taskToken = token
-        except DifferentPatientsError as exc:  # ask, and run again only if the user confirms
-            self.ui.statusLabel.text = _("Different patients: waiting for confirmation.")
-            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Segment anyway?"),
-                                               windowTitle=_("VMambaX: different patients?")):
-                self.onSegmentButton(allowDifferentPatients=True,
-                                     replaceOtherCtOutput=replaceOtherCtOutput)
+        except (DifferentPatientsError, OutputOfAnotherCT) as exc:  # ask; again only if confirmed
+            patients = isinstance(exc, DifferentPatientsError)
+            self.ui.statusLabel.text = _("Waiting for your confirmation.")
+            question = _("Segment anyway?") if patients else _("Replace it?")
+            title = (_("VMambaX: different patients?") if patients
+                     else _("VMambaX: replace another CT's result?"))
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + question, windowTitle=title):
+                self.onSegmentButton(allowDifferentPatients=allowDifferentPatients or patients,
+                                     replaceOtherCtOutput=replaceOtherCtOutput or not patients)
             else:
-                self.ui.statusLabel.text = _("Not started: the CT and PET are of different patients.")
-            self._updateButtons()
-            return
-        except OutputOfAnotherCT as exc:  # the user's pick holds another CT's result: ask
-            self.ui.statusLabel.text = _("The output holds another CT's result: waiting for "
-                                         "confirmation.")
-            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Replace it?"),
-                                               windowTitle=_("VMambaX: replace another CT's result?")):
-                self.onSegmentButton(allowDifferentPatients=allowDifferentPatients,
-                                     replaceOtherCtOutput=True)
-            else:
-                self.ui.statusLabel.text = _("Not started: the output was kept as it is.")
+                self.ui.statusLabel.text = (
+                    _("Not started: the CT and PET are of different patients.") if patients
+                    else _("Not started: the output was kept as it is."))
             self._updateButtons()
             return
         except Exception as exc:

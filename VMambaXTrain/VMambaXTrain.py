@@ -212,8 +212,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def _onDeviceProbe(self):
-        if not (_DEVICES.poll() or _DEVICES.answered):
-            return
+        if not _DEVICES.poll() and _DEVICES.pending:
+            return  # still asking
         self._deviceTimer.stop()
         p = self._parameterNode
         refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")

@@ -65,7 +65,7 @@ def test_a_job_round_trip_passes_every_result_field_through(tmp_path, monkeypatc
     worker.run_job(tmp_path, lambda f, m: progress.append((f, m)))
     assert FakeSegmenter.calls[-1] == {"model": "demo", "device": "cpu", "batch_size": None,
                                        "tta_flips": True}  # options as given, new ones too
-    assert progress == [(0.5, "Segmented 2/4 slices")]
+    assert progress == [(0.0, "Loading the model"), (0.5, "Segmented 2/4 slices")]
     result = worker.read_result(tmp_path)
     assert result.notices == ["a new kind of notice"]  # unknown to the host, still there
     assert result.warnings == ["demo model trained on synthetic phantoms; not for patient data"]

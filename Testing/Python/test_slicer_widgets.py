@@ -485,24 +485,29 @@ def test_the_busy_guard_is_held_while_training_runs(gui, monkeypatch, tmp_path):
     assert not busy.SHARED.busy and segment.ui.segmentButton.enabled
 
 
-def test_segment_asks_before_replacing_another_cts_result(gui, monkeypatch):
+@pytest.mark.parametrize("kind", ["other CT's output", "different patients"])
+def test_segment_asks_before_replacing_another_cts_result(gui, monkeypatch, kind):
+    from vmambax.data.patient import DifferentPatientsError
     from VMambaXSegmentLib.scene_output import OutputOfAnotherCT
 
     segment, _pet, record = _segment_panel(gui, monkeypatch)
+    flag = "replaceOtherCtOutput" if kind == "other CT's output" else "allowDifferentPatients"
+    error = (OutputOfAnotherCT("the output holds the 'Lung tumour' segmented on 'CT 1'")
+             if flag == "replaceOtherCtOutput" else DifferentPatientsError("PAT-1 vs PAT-2"))
     calls = []
 
     def start(*args, **kwargs):
-        calls.append(kwargs.get("replaceOtherCtOutput"))
-        if not kwargs.get("replaceOtherCtOutput"):
-            raise OutputOfAnotherCT("the output holds the 'Lung tumour' segmented on 'CT 1'")
+        calls.append(kwargs.get(flag))
+        if not kwargs.get(flag):
+            raise error
         return record.task
 
     monkeypatch.setattr(segment.logic, "segmentAsync", start)
     gui.dialogs.answer = False  # "No": nothing runs, the output stays
     segment.ui.segmentButton.click()
     assert calls == [False] and segment._task is None and not busy.SHARED.busy
-    assert "kept as it is" in segment.ui.statusLabel.text
-    assert "segmented on 'CT 1'" in gui.dialogs.confirms[-1]
-    gui.dialogs.answer = True  # "Yes": run again, replacing it
+    assert segment.ui.statusLabel.text.startswith("Not started")
+    assert str(error) in gui.dialogs.confirms[-1]
+    gui.dialogs.answer = True  # "Yes": run again with the confirmation
     segment.ui.segmentButton.click()
     assert calls == [False, False, True] and segment._task is record.task

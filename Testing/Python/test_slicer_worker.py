@@ -99,8 +99,14 @@ def test_worker_segments_the_phantom_with_the_in_process_label(case, nano_file):
     worker_out = VMambaXSegmentLogic().segment(ct, pet, model=str(nano_file), device="cpu",
                                                petUnits="suv", allSlices=True,
                                                progress=lambda f, m: progress.append((f, m)))
-    local_out = VMambaXSegmentLogic().segment(ct, pet, model=str(nano_file), device="cpu",
-                                              petUnits="suv", allSlices=True, inProcess=True)
+    logic = VMambaXSegmentLogic()
+    local_out = logic.segment(ct, pet, model=str(nano_file), device="cpu", petUnits="suv",
+                              allSlices=True, inProcess=True)
+    # An in-process run does not turn the logic's later default runs into in-process ones.
+    started = []
+    logic.workerOptions = {"on_started": started.append}
+    logic.segment(ct, pet, model=str(nano_file), device="cpu", petUnits="suv", allSlices=True)
+    assert len(started) == 1
     a, b = worker_out.result, local_out.result
     np.testing.assert_array_equal(sitk.GetArrayFromImage(a.label), sitk.GetArrayFromImage(b.label))
     assert a.label.GetSize() == ct.GetImageData().GetDimensions()

@@ -187,12 +187,11 @@ class VMambaXSegmentLogic:
                              pet_units_rule=converted.rule, warnings=notes)
 
     def _segmenter(self, model, device, batchSize, progress, cancel, allSlices=False):
-        if self.segmenterClass is None:
-            from vmambax.infer.segmenter import Segmenter
-
-            self.segmenterClass = Segmenter
-        return self.segmenterClass(model=model, device=device, batch_size=batchSize,
-                                   progress=progress, cancel=cancel, all_slices=allSlices)
+        segmenter_class = self.segmenterClass
+        if segmenter_class is None:  # not stored: a later default run still uses the worker
+            from vmambax.infer.segmenter import Segmenter as segmenter_class
+        return segmenter_class(model=model, device=device, batch_size=batchSize,
+                               progress=progress, cancel=cancel, all_slices=allSlices)
 
     def segmentAsync(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                      device: str = "auto", progress: ProgressFn | None = None,

@@ -37,8 +37,8 @@ def worker_compute(ct, pet_suv, options: dict, python: str | None = None,
     ``options``: ``vmambax.infer.Segmenter`` keyword arguments (model, device, batch_size,
     all_slices, ...). ``on_started(job)``: called with the ``ProcessJob`` once it runs (tests).
     The returned result carries ``handover`` besides the Segmenter's fields: seconds spent
-    outside the network (``write_inputs``, ``worker_start`` until its first progress,
-    ``worker_total``, ``read_result``).
+    outside the network (``write_inputs``, ``worker_start``: Python and the imports, until the
+    worker's first progress line; ``worker_total``, ``read_result``).
     """
     from vmambax.infer import worker
 
@@ -104,7 +104,8 @@ def _follow(job: ProcessJob, report, cancel, times: dict, t_start: float) -> dic
             continue
         kind = event.get("event")
         if kind == "progress":
-            times.setdefault("worker_start", time.perf_counter() - t_start)  # imports, until work
+            # Until its first word: starting Python and importing torch and vmambax.
+            times.setdefault("worker_start", time.perf_counter() - t_start)
             report(float(event.get("fraction", 0.0)), str(event.get("message", "")))
         elif kind in ("done", "error"):
             final = event

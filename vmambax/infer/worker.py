@@ -206,6 +206,8 @@ def run_job(folder, progress: Callable[[float, str], None] | None = None):
     from vmambax.infer.segmenter import Segmenter
     from vmambax.utils import atomic_path
 
+    if progress:  # the first word from the worker: Python and torch are loaded
+        progress(0.0, "Loading the model")
     folder = Path(folder)
     job = _read_job(folder)
     ct = _read_image(folder / job["ct"], "CT")

@@ -46,7 +46,8 @@ def _run(logic, ct, pet, in_process: bool) -> dict:
     row = {"path": "in-process" if in_process else "worker", "wall_s": round(wall, 2),
            "segmenter_total_s": result.timings["total"],
            "inference_s": result.timings["inference"],
-           "slices_run": f"{result.n_slices_run}/{result.n_slices}"}
+           "slices_run": f"{result.n_slices_run}/{result.n_slices}",
+           "segmenter_timings_s": result.timings}
     if not in_process:
         row["handover_s"] = {k: round(v, 3) for k, v in result.handover.items()}
     return row
@@ -59,7 +60,7 @@ def _cancel(logic, ct, pet) -> dict:
     started = []
     logic.workerOptions = {"on_started": started.append}
     task = logic.segmentAsync(ct, pet, model="default", device="cpu", petUnits="suv",
-                              batchSize=8)
+                              batchSize=8, inProcess=False)
     while not (task.snapshot()[1].startswith("Segmented ") and started):
         if task.done:
             return {"error": repr(task.error)}
