@@ -155,8 +155,8 @@ class ProcessJob:
         self.process = subprocess.Popen(
             self.command, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
-            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, env=env, cwd=cwd, text=True, encoding="utf-8",
-            errors="replace", bufsize=1, **hidden_console_options())
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL, env=env, cwd=cwd,
+            text=True, encoding="utf-8", errors="replace", bufsize=1, **hidden_console_options())
         self._readers = [self._reader(self.process.stdout, to_queue=not merge_stderr)]
         if not merge_stderr:
             self._readers.append(self._reader(self.process.stderr, to_queue=False))
@@ -205,8 +205,9 @@ class ProcessJob:
         return self.timed_out
 
     def next_line(self, timeout: float = 0.1):
-        """The next stdout line (all output with ``merge_stderr``), "" when none came within
-        ``timeout`` seconds, None once the output has ended."""
+        """The next stdout line, "" when none came within ``timeout`` seconds, None once the
+        output has ended (with ``merge_stderr`` every line goes to ``tail``/``on_line``, and
+        this only says when the output ended)."""
         self.expired()
         try:
             return self.lines.get(timeout=timeout)
