@@ -97,13 +97,16 @@ class DeviceProbe:
         self.info = info
         return True
 
-    def wait(self, timeout: float = TIMEOUT_S) -> dict | None:
-        """Block until the answer is there (scripts and tests; the panels poll)."""
+    def wait(self, timeout: float = TIMEOUT_S, pump=None) -> dict | None:
+        """Wait for the answer of the probe that runs (or a new one); ``pump()`` is called
+        meanwhile (Slicer: ``processEvents``, so the window keeps painting)."""
         import time
 
         self.start()
         deadline = time.monotonic() + timeout
-        while not self.poll() and self.info is None and time.monotonic() < deadline:
+        while not self.poll() and self.pending and time.monotonic() < deadline:
+            if pump is not None:
+                pump()
             time.sleep(0.05)
         return self.info
 

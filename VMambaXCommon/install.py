@@ -256,12 +256,12 @@ def slicer_pip_runner(on_line: Callable[[str], None] | None = None) -> RunPip:
     return run_pip
 
 
-def probed_torch_build() -> deps.TorchBuild:
+def probed_torch_build(pump=None) -> deps.TorchBuild:
     """What ``deps.torch_build`` says, asked in a child process (the device probe) so that
-    Slicer's own process never imports torch."""
+    Slicer's own process never imports torch; ``pump`` keeps Slicer painting meanwhile."""
     from VMambaXCommon.devices import PROBE
 
-    info = PROBE.start(force=True).wait() or {}
+    info = PROBE.start(force=True).wait(pump=pump) or {}
     return deps.TorchBuild(version=info.get("torch"), cuda_version=info.get("cuda_version"),
                            cuda_available=bool(info.get("cuda")),
                            platform=info.get("platform") or sys.platform,
@@ -282,4 +282,5 @@ def ensure_dependencies_in_slicer(feature: str) -> list[str]:
     run_pip = slicer_pip_runner(on_line=lambda _line: slicer.app.processEvents())
     return ensure_dependencies(feature, confirm=confirm, run_pip=run_pip,
                                install_torch=_install_torch_with_pytorch_extension,
-                               progress=progress, torch_build=probed_torch_build)
+                               progress=progress,
+                               torch_build=lambda: probed_torch_build(slicer.app.processEvents))

@@ -352,3 +352,22 @@ def test_nvidia_driver_detected_without_torch():
     import torch
 
     assert build.version and build.cuda_version == torch.version.cuda
+
+
+def test_the_cpu_torch_check_asks_the_device_probe_not_torch_in_slicer(monkeypatch):
+    """In Slicer the torch build is read from the probe's child process (no torch import in
+    Slicer's process); the window keeps painting while it answers."""
+    import json
+    import sys
+
+    from VMambaXCommon import devices, install
+
+    answer = {"event": "devices", "torch": "2.13.0+cpu", "cuda": False, "cuda_version": None,
+              "mps": False, "platform": "linux", "nvidia_gpu": True}
+    probe = devices.DeviceProbe(command=[sys.executable, "-c", f"print({json.dumps(answer)!r})"])
+    monkeypatch.setattr(devices, "PROBE", probe)
+    pumped = []
+    build = install.probed_torch_build(pump=lambda: pumped.append(1))
+    assert build == deps.TorchBuild("2.13.0+cpu", None, False, "linux", nvidia_gpu=True)
+    assert deps.cpu_torch_on_nvidia_machine(build)  # the warning the user then reads
+    assert pumped  # the GUI was kept alive while the child answered
