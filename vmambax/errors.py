@@ -5,6 +5,31 @@ exits with status 2 for these instead of showing a traceback; the Slicer modules
 in a dialog. Anything that is not a ``VMambaXError`` is a bug in VMambaX.
 """
 
+import sys as _sys
+
+
+def _check_not_shadowed() -> None:
+    """Explain the one import failure users cannot read: a folder named ``vmambax`` without an
+    ``__init__.py`` (a checkout folder, an output folder) in the script's directory or on
+    ``sys.path`` becomes a *namespace package* that shadows the installed vmambax (with an
+    editable install's import hook it wins); vmambax then has no ``__file__`` or
+    ``__version__``, and code deep inside fails with ``TypeError ... NoneType``."""
+    package = _sys.modules.get(__name__.rpartition(".")[0])
+    if package is None or getattr(package, "__file__", None) is not None:
+        return
+    import os
+
+    real = os.path.dirname(os.path.abspath(__file__))
+    folders = [p for p in getattr(package, "__path__", []) if os.path.abspath(p) != real]
+    shown = ", ".join(folders) or "a folder named vmambax"
+    raise ImportError(f"Python imported the folder {shown} as the package 'vmambax' instead of "
+                      f"the installed VMambaX ({real}): a folder named 'vmambax' in the current "
+                      "directory (or on sys.path) that is not the package shadows it. Rename "
+                      "that folder, or run the script from another directory.", name="vmambax")
+
+
+_check_not_shadowed()
+
 
 class VMambaXError(Exception):
     """Base class: a problem the user can fix (bad input, bad option, missing dependency)."""

@@ -26,9 +26,13 @@ from pathlib import Path
 # any failed verification becomes an ``OutputError`` naming the path and the free space; the
 # staging file is removed and an existing target is never replaced by a bad file.
 
-#: Staging names: ``.<stem>.<8 random chars>.tmp<suffixes>`` (files) and
-#: ``.<name>.<8 random chars>.tmp`` (folders); ``remove_stale_staging`` recognises exactly these.
-_STAGING_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\..+)?$")
+#: Staging names: ``.<stem>.<8 random chars>.p<pid>h<host>.tmp<suffixes>`` (files) and
+#: ``.<name>.<8 random chars>.p<pid>h<host>.tmp`` (folders): the writer's process id and a tag
+#: of its host, so that a later run can tell a file a killed process left from one a live
+#: process is still writing. Names without the ``p<pid>h<host>`` part (older versions) are
+#: recognised too.
+_STAGING_RE = re.compile(r"^\.(?P<stem>.+?)\.[a-z0-9_]{8}(?:\.p(?P<pid>\d+)h(?P<host>[0-9a-f]{6}))?"
+                         r"\.tmp(?P<suffix>\..+)?$")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
@@ -36,39 +40,123 @@ TORCH_SUFFIXES = (".ckpt", ".pt", ".pth")
 EMPTY_OK_SUFFIXES = (".txt",)
 
 
+def _host_tag() -> str:
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def _owner_tag() -> str:
+    return f".p{os.getpid()}h{_host_tag()}"
+
+
 def staging_path(target: Path, suffix: str | None = None, folder: bool = False) -> Path:
     """A new, unused staging name next to ``target`` (created, for folders)."""
     if folder:
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=f"{_owner_tag()}.tmp",
+                                     dir=target.parent))
     suffix = suffix if suffix is not None else "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=".tmp" + suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{_file_stem(target)}.", suffix=f"{_owner_tag()}.tmp{suffix}",
                                dir=target.parent)
     os.close(fd)
     os.unlink(tmp)
     return Path(tmp)
 
 
+def _file_stem(target: Path) -> str:
+    return target.name.split(".")[0]
+
+
 def is_staging_name(name: str) -> bool:
     return bool(_STAGING_RE.match(name))
 
 
-def remove_stale_staging(folder: str | os.PathLike) -> list[Path]:
-    """Delete staging files/folders a killed process (kill -9, power loss) left in ``folder``.
+def _writer_is_gone(path: Path, match) -> bool:
+    """Was the staging file at ``path`` left by a process that no longer runs? Unknown writers
+    (another host's, a live process's) are not judged: their file is left alone."""
+    pid = match.group("pid")
+    if pid is None:
+        return True  # an older version's name: its writer cannot be identified, nor be running
+    if match.group("host") != _host_tag():
+        return False  # written on another computer (a shared file system): cannot be checked
+    pid = int(pid)
+    if pid == os.getpid():
+        return False  # ours: being written right now (nested writers)
+    try:
+        import psutil
+    except ImportError:  # psutil is a dependency; without it, liveness only (no reuse check)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        return False
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:  # AccessDenied: alive, another user's
+        return False
+    try:
+        written = path.lstat().st_mtime
+    except OSError:
+        return False
+    return started > written + 1.0  # the PID was reused by a process that started later
 
-    Only call this where no other process of ours may be writing at the same moment (e.g. rank 0
-    of a training run before it starts). Returns what was removed."""
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def remove_stale_staging(folder: str | os.PathLike, targets=None) -> list[Path]:
+    """Delete the staging files/folders that a killed process (kill -9, power loss) left in
+    ``folder``, and return them. ``targets``: only the staging files of these outputs (their
+    name stem and suffixes; a folder target: its name), so that a run removes what it owns and
+    nothing another program left there. A staging file whose writer still runs (the PID in its
+    name), or that another computer wrote, is never removed."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
-    for path in folder.iterdir():
-        if is_staging_name(path.name):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+    owned = None
+    if targets is not None:
+        owned = set()
+        for target, suffix in targets:
+            target = Path(target)
+            owned.add((_file_stem(target), suffix if suffix is not None else "".join(target.suffixes)))
+            owned.add((target.name, None))  # the same target written as a folder (atomic_dir)
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _STAGING_RE.match(path.name)
+        if match is None:
+            continue
+        if owned is not None and (match.group("stem"), match.group("suffix")) not in owned:
+            continue
+        if _writer_is_gone(path, match):
+            _remove(path)
             removed.append(path)
     return removed
+
+
+def _remove_stale_staging_of(targets, suffixes=None, folders: bool = False) -> None:
+    """Before writing ``targets``: remove their stale staging files in their folders."""
+    by_folder: dict[Path, list] = {}
+    for target, suffix in zip(targets, suffixes or [None] * len(targets)):
+        target = Path(target)
+        if is_staging_name(target.name):
+            continue
+        by_folder.setdefault(target.parent, []).append((target, None if folders else suffix))
+    for folder, owned in by_folder.items():
+        remove_stale_staging(folder, owned)
 
 
 def free_space(path: str | os.PathLike) -> str:
@@ -166,7 +254,16 @@ def verify_file(path: str | os.PathLike, name: str | None = None) -> None:
         elif name.endswith(".dcm"):
             import pydicom
 
+            cut = dicom_cut_short(path)
+            if cut:
+                raise ValueError(f"the DICOM file is cut short: {cut}")
             _check_dicom(pydicom.dcmread(str(path)))
+        elif name.endswith(".npy"):
+            import numpy as np
+
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # a short file cannot map
+            if arr.size:
+                arr.reshape(-1)[-1].item()  # and its last element is readable
     except Exception as exc:  # every reader has its own exception types
         text = str(exc).strip().splitlines()
         raise ValueError(f"the written file ({size} bytes) does not read back "
@@ -205,6 +302,114 @@ def _check_embedded_stream(path: Path) -> None:
         d.decompress(data[start:])
         if not d.eof:
             raise ValueError("its compressed data stream is cut short (truncated)")
+
+
+_DICOM_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
+                   b"UT", b"UV"}
+_IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+
+
+class _CutShort(Exception):
+    pass
+
+
+def dicom_cut_short(path: str | os.PathLike) -> str | None:
+    """Why the DICOM file at ``path`` is cut short (truncated), or None when it is complete (or
+    not a DICOM Part 10 file, or in a transfer syntax this check cannot walk).
+
+    pydicom reads a cut file without a word or with a message that says nothing to a user ("No
+    tag to read at file position ..."): it stops at the end of the data, so a sequence of
+    undefined length that never closes simply ends. Here the elements are walked by their
+    lengths: each must end inside the file, and each sequence or item of undefined length must
+    reach its delimiter."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    if len(data) < 132 or data[128:132] != b"DICM":
+        return None
+    try:
+        pos, syntax = _dicom_meta(data)
+        if syntax in (_EXPLICIT_BE, _DEFLATED):
+            return None
+        _dicom_walk(data, pos, explicit=syntax != _IMPLICIT_LE)
+    except _CutShort as exc:
+        return str(exc)
+    except (struct.error, ValueError):  # malformed in another way: pydicom reports it
+        return None
+    return None
+
+
+def _dicom_meta(data: bytes) -> tuple[int, str]:
+    """End of the file meta group (always explicit VR little endian) and the transfer syntax."""
+    pos, syntax = 132, _IMPLICIT_LE
+    while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
+        element = struct.unpack_from("<H", data, pos + 2)[0]
+        header, length = _dicom_header(data, pos, explicit=True)
+        end = pos + header + length
+        if end > len(data):
+            raise _CutShort(f"the file meta information ends after {len(data)} bytes")
+        if element == 0x0010:
+            syntax = data[pos + header:end].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = end
+    return pos, syntax
+
+
+def _dicom_header(data: bytes, pos: int, explicit: bool) -> tuple[int, int]:
+    if pos + 8 > len(data):
+        raise _CutShort(f"an element header at byte {pos} is incomplete ({len(data)} bytes in all)")
+    if explicit and data[pos + 4:pos + 6] in _DICOM_LONG_VRS:
+        if pos + 12 > len(data):
+            raise _CutShort(f"an element header at byte {pos} is incomplete ({len(data)} bytes in all)")
+        return 12, struct.unpack_from("<I", data, pos + 8)[0]
+    if explicit:
+        return 8, struct.unpack_from("<H", data, pos + 6)[0]
+    return 8, struct.unpack_from("<I", data, pos + 4)[0]
+
+
+def _dicom_walk(data: bytes, pos: int, explicit: bool, closing: int | None = None) -> int:
+    """Walk data elements from ``pos`` to the end of the file, or (``closing``) to the item
+    delimiter that ends an item of undefined length; return the position after it."""
+    undefined = 0xFFFFFFFF
+    while closing is not None or pos < len(data):
+        if pos + 8 > len(data):
+            raise _CutShort(f"the data ends at byte {len(data)} inside an item that is never closed")
+        group, element = struct.unpack_from("<HH", data, pos)
+        if group == 0xFFFE:
+            if element == closing:
+                return pos + 8
+            raise ValueError("a delimiter where a data element should be")
+        header, length = _dicom_header(data, pos, explicit and group != 0xFFFE)
+        pos += header
+        if length == undefined:
+            pos = _dicom_items(data, pos, explicit)
+        else:
+            pos += length
+            if pos > len(data):
+                raise _CutShort(f"element ({group:04X},{element:04X}) needs {pos} bytes, the file "
+                                f"has {len(data)}")
+    return pos
+
+
+def _dicom_items(data: bytes, pos: int, explicit: bool) -> int:
+    """The items of a sequence (or encapsulated pixel data) of undefined length, up to and past
+    its sequence delimiter."""
+    while True:
+        if pos + 8 > len(data):
+            raise _CutShort(f"the data ends at byte {len(data)} inside a sequence that is never closed")
+        group, element = struct.unpack_from("<HH", data, pos)
+        length = struct.unpack_from("<I", data, pos + 4)[0]
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return pos + 8
+        if (group, element) != (0xFFFE, 0xE000):
+            raise ValueError("a sequence holds something other than items")
+        if length == 0xFFFFFFFF:
+            pos = _dicom_walk(data, pos + 8, explicit, closing=0xE00D)
+        else:
+            pos += 8 + length
+            if pos > len(data):
+                raise _CutShort(f"a sequence item needs {pos} bytes, the file has {len(data)}")
 
 
 def _check_dicom(ds) -> None:
@@ -261,12 +466,6 @@ def _sync(path: Path) -> None:
         os.close(fd)
 
 
-def _discard(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
 
 
 def _check(tmp: Path, target: Path, verify) -> None:
@@ -314,6 +513,7 @@ def atomic_group(targets, verify=True, suffixes=None):
 
     targets = [Path(t) for t in targets]
     staged: list[Path] = []
+    _remove_stale_staging_of(targets, suffixes)  # what a killed earlier run left for these outputs
     try:
         for t, suffix in zip(targets, suffixes or [None] * len(targets)):
             t.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +534,7 @@ def atomic_group(targets, verify=True, suffixes=None):
     except BaseException as exc:
         for tmp in staged:
             if tmp is not None:
-                _discard(tmp)
+                _remove(tmp)
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             bad = _failed_target(exc, targets, staged)
             raise output_error(bad or targets[0], exc, () if bad else targets) from None
@@ -380,6 +580,7 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
 
     target = Path(target)
     tmp = old = None
+    _remove_stale_staging_of([target], folders=True)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = staging_path(target, folder=True)
@@ -410,6 +611,41 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False, verify=True):
         if isinstance(exc, OSError) and not isinstance(exc, VMambaXError):
             raise output_error(target, exc) from None
         raise
+
+
+class FolderSnapshot:
+    """What a folder held when a job began (its top-level names, the sizes of append-only
+    files), so that a job refused before it did its work can leave the folder as it found it:
+    ``restore()`` removes what the job created there (the folder itself, if it made it) and cuts
+    the append-only files back. Entries that were there before are never touched otherwise."""
+
+    def __init__(self, folder: str | os.PathLike, append_only=()):
+        self.folder = Path(folder)
+        self.existed = self.folder.is_dir()
+        self.names = set(os.listdir(self.folder)) if self.existed else set()
+        self.sizes = {}
+        for name in append_only:
+            try:
+                self.sizes[name] = (self.folder / name).stat().st_size
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        if not self.folder.is_dir():
+            return
+        if not self.existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.folder)) - self.names:
+            _remove(self.folder / name)
+        for name, size in self.sizes.items():
+            with contextlib.suppress(OSError):
+                os.truncate(self.folder / name, size)
+
+
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """ "1 case", "2 cases", "0 cases" (``many``: an irregular plural, e.g. "vertices")."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
 def user_dir() -> Path:

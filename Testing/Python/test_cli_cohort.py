@@ -157,7 +157,7 @@ def test_second_run_skips_verified_cases_and_redoes_stale_ones(reference, cases,
     listed.write_text(f"id,ct,pet,label\np0,{cases}/p0/ct.nii.gz,{cases}/p0/pet.nii.gz,"
                       f"{tmp_path}/missing.nii.gz\n")
     capsys.readouterr()
-    monkeypatch.setattr("vmambax.infer.cohort._make_segmenter", _no_model_needed)
+    monkeypatch.setattr("vmambax.infer.cohort.make_segmenter", _no_model_needed)
     assert main(_args(listed, out, nano_file, "-q")) == 0  # all verified: the model is not loaded
     row = _rows(out / "summary.csv")[0]
     assert row["status"] == "skipped" and row["dice"] == "" and "Dice not computed" in row["error"]
@@ -360,7 +360,7 @@ def test_shard_option_and_environment(reference, cases, nano_file, tmp_path, mon
     listed = tmp_path / "list.csv"
     listed.write_text("id,ct,pet\n" + "".join(f"{i},{cases}/{i}/ct.nii.gz,{cases}/{i}/pet.nii.gz\n"
                                               for i in ("p0", "p1")))
-    monkeypatch.setattr("vmambax.infer.cohort._make_segmenter", _no_model_needed)  # all verify
+    monkeypatch.setattr("vmambax.infer.cohort.make_segmenter", _no_model_needed)  # all verify
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "0")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     assert main(_args(listed, out, nano_file, "--shard", "0/1")) == 0  # the whole list

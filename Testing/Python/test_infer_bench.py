@@ -11,7 +11,7 @@ def test_bench_infer_reports_speed_memory_and_parity():
                     threads=1, channels_last=True, e2e_slices=2, log=lines.append)
     for key in ("fp32", "optimised"):
         assert out[key]["slices_per_s"] > 0 and out[key]["peak_mem_mib"] > 0
-        assert out[key]["batch"] == 2 and out[key]["device"] == "cpu (1 threads)"
+        assert out[key]["batch"] == 2 and out[key]["device"] == "cpu (1 thread)"
     assert out["optimised"]["channels_last"] and not out["fp32"]["channels_last"]
     # channels-last changes only the memory layout: same probabilities up to float rounding.
     assert out["parity"]["max_abs_prob_diff"] < 1e-4 and out["parity"]["mask_dice"] > 0.99

@@ -170,25 +170,6 @@ def test_bad_arrays_and_options_are_clear_errors():
         seg.segment(np.zeros((2, 8, 8)), np.zeros((2, 8, 8)))
 
 
-def test_model_file_with_other_preprocessing_is_refused(tmp_path):
-    from vmambax.data.preprocess import preprocessing_info
-    from vmambax.errors import ModelFileError
-    from vmambax.model import build_model
-    from vmambax.model.checkpoint import save_model_file
-
-    pre = {**preprocessing_info(128), "ct_window_hu": [-1000.0, 400.0], "threshold": 0.4}
-    path = save_model_file(tmp_path / "m.pt", build_model("vmambax-nano"),
-                           config_name="vmambax-nano", preprocessing=pre, metadata={})
-    with pytest.raises(ModelFileError, match="ct_window_hu"):
-        Segmenter(path, device="cpu")
-    pre["ct_window_hu"] = preprocessing_info()["ct_window_hu"]
-    save_model_file(path, build_model("vmambax-nano"), config_name="vmambax-nano",
-                    preprocessing=pre, metadata={})
-    seg = Segmenter(str(path), device="cpu")
-    assert seg.image_size == 128 and seg.threshold == 0.4
-    assert seg.model_info["config"] == "vmambax-nano" and len(seg.model_info["sha256"]) == 64
-
-
 def test_static_shape_padding_for_compiled_models_keeps_results():
     """With torch.compile the last batch is padded to the full batch size (no recompiles);
     the padding must not change the real slices' outputs."""

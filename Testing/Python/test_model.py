@@ -177,7 +177,7 @@ def test_bad_inputs_raise_clear_errors_before_compute():
     cases = [
         (torch.zeros(2, 1, 128, 256), torch.zeros(2, 1, 128, 256), "square"),
         (torch.zeros(2, 1, 200, 200), torch.zeros(2, 1, 200, 200), "multiple of 128"),
-        (good, torch.zeros(2, 1, 256, 256), "same shape"),
+        (good, torch.zeros(2, 1, 256, 256), "same batch and slice size"),
         (torch.zeros(1, 128, 128), torch.zeros(1, 128, 128), "shape"),
         (torch.zeros(2, 2, 128, 128), torch.zeros(2, 2, 128, 128), "shape"),
         (good.to(torch.uint8), good.to(torch.uint8), "floating-point"),

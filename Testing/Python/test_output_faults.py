@@ -162,13 +162,17 @@ def test_remove_stale_staging_takes_only_staging_names(tmp_path):
     keep = [tmp_path / "last.ckpt", tmp_path / ".hidden", tmp_path / "a.tmp.ckpt", tmp_path / "best.ckpt"]
     for p in keep:
         p.write_text("x")
+    from fault_helpers import staging_left_by_a_killed_writer
     from vmambax.utils import staging_path
 
-    stale = [staging_path(tmp_path / "last.ckpt"), staging_path(tmp_path / "model.pt"),
-             staging_path(tmp_path / "data", folder=True)]
-    for p in stale[:2]:
-        p.write_bytes(b"PK partial")
+    stale = [staging_left_by_a_killed_writer(tmp_path / "last.ckpt", b"PK partial"),
+             staging_left_by_a_killed_writer(tmp_path / "model.pt", b"PK partial"),
+             tmp_path / ".data.abcd1234.tmp"]  # an older version's name: no writer recorded
+    stale[2].mkdir()
     (stale[2] / "x.png").write_bytes(b"")
+    live = staging_path(tmp_path / "last.ckpt")  # this (live) process is writing it
+    live.write_bytes(b"PK being written")
+    keep.append(live)
     assert all(is_staging_name(p.name) for p in stale) and stale[0].name.startswith(".last.")
     assert sorted(remove_stale_staging(tmp_path)) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted(keep)

@@ -22,7 +22,7 @@ from VMambaXCommon.reloading import reload_packages  # noqa: E402
 from VMambaXCommon.display import pet_heat_color_node, show_pet_over_ct  # noqa: E402
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
 from VMambaXTrainLib.logic import TrainingRun, VMambaXTrainLogic, defaultConfig  # noqa: E402
-from VMambaXTrainLib.run_lock import RunLock  # noqa: E402
+from vmambax.locks import RunLock  # noqa: E402
 
 
 # -- devices (points 7, 9, 19) ------------------------------------------------------------------

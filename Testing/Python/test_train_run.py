@@ -221,23 +221,26 @@ def test_two_process_ddp_reduces_validation_metrics(phantom_root, tmp_path):
 
 
 def test_volume_case_folders_are_exported_once_into_the_run(phantom_root, tmp_path):
-    from vmambax.data.pclt import read_split
-    from vmambax.train.datamodule import prepare_data_root
+    from vmambax.data.input_spec import InputSpec
+    from vmambax.data.volume_export import read_export_info
+    from vmambax.train.datamodule import load_volume_splits, prepare_data_root
 
-    root, kind = prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)
+    spec = InputSpec(image_size=128)
+    root, kind = prepare_data_root(phantom_root / "cases", tmp_path, spec=spec)
     assert kind == "volumes" and root == tmp_path / "data"
-    train_ids, val_ids = read_split(root, "train"), read_split(root, "val")
-    assert train_ids and val_ids and read_split(root, "test") == []
-    assert {i.split("_")[0] for i in train_ids}.isdisjoint({i.split("_")[0] for i in val_ids})
-    stamp = (root / "train.txt").stat().st_mtime_ns
-    assert prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=1)[0] == root
-    assert (root / "train.txt").stat().st_mtime_ns == stamp  # same source and settings: reused
+    train, val = load_volume_splits(root, spec, val_fraction=0.3, seed=1)
+    assert train.case_ids and val.case_ids and set(train.case_ids).isdisjoint(val.case_ids)
+    assert len(val) == sum(read_export_info(root)["cases"][c]["slices"] for c in val.case_ids)
+    stamp = (root / "export.json").stat().st_mtime_ns
+    assert prepare_data_root(phantom_root / "cases", tmp_path, spec=spec)[0] == root
+    assert (root / "export.json").stat().st_mtime_ns == stamp  # same source and settings: reused
     # Other export settings: a new run exports again, a resumed one keeps its export (and says so).
     notes: list[str] = []
-    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2, resumed=True, notes=notes)
-    assert (root / "train.txt").stat().st_mtime_ns == stamp and "changed since" in notes[0]
-    prepare_data_root(phantom_root / "cases", tmp_path, image_size=128, seed=2)
-    assert (root / "train.txt").stat().st_mtime_ns != stamp
+    soft = spec.replace(ct_windows=((-160.0, 240.0),))
+    prepare_data_root(phantom_root / "cases", tmp_path, spec=soft, resumed=True, notes=notes)
+    assert (root / "export.json").stat().st_mtime_ns == stamp and "changed since" in notes[0]
+    prepare_data_root(phantom_root / "cases", tmp_path, spec=soft)
+    assert (root / "export.json").stat().st_mtime_ns != stamp
 
 
 def test_sigterm_stops_cleanly_and_cli_resume_finishes(phantom_root, tmp_path):
@@ -294,9 +297,7 @@ def test_unreadable_slice_in_a_loader_worker_is_a_clear_error(phantom_root, tmp_
                  "--no-progress-bar", "--min-positive-slices", "1"]) == 2
     err = capsys.readouterr().err
     assert bad.name in err and "Traceback" not in err and "worker" not in err
-    event = _events(run)[-1]
-    assert event["event"] == "error" and bad.name in event["message"]
-    assert not (run / "model.pt").exists()
+    assert not run.exists()  # failed before its first step: the run folder is left as found
 
 
 # ---------------------------------------------------------------------------- issue 10
@@ -373,8 +374,8 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(phantom_root, 
     an error event names the file and the free space, the run stops, last.ckpt is still the
     previous one and no staging file is left. A resume (after a kill -9 during a save, which
     leaves a staging file) removes the stale file and finishes."""
+    from fault_helpers import staging_left_by_a_killed_writer
     from vmambax.errors import OutputError
-    from vmambax.utils import staging_path
 
     data = _subset(phantom_root, "one-batch", n_train=2, n_val=2)
     run = tmp_path / "run"
@@ -397,8 +398,7 @@ def test_full_disk_during_training_keeps_the_last_good_checkpoint(phantom_root, 
     assert not [p for p in (run / "checkpoints").iterdir() if ".tmp" in p.name]
     assert not (run / "model.pt").exists()
 
-    stale = staging_path(run / "checkpoints" / "last.ckpt")
-    stale.write_bytes(b"PK\x03\x04 cut by kill -9")
+    stale = staging_left_by_a_killed_writer(run / "checkpoints" / "last.ckpt", b"PK\x03\x04 cut by kill -9")
     assert stale.name.startswith(".last.") and stale.name.endswith(".tmp.ckpt")
     done = train(config_for_resume(run / "checkpoints" / "last.ckpt"))
     assert done.status == "done" and done.global_step == 3 and not stale.exists()
@@ -443,9 +443,9 @@ def test_kill_9_loses_at_most_the_checkpoint_interval(phantom_root, tmp_path):
 
 
 def test_training_data_traps(phantom_root, tmp_path, capsys):
-    """All-empty labels and too few tumour slices are refused with the counts; the export a
-    refused run left is keyed to its source, so a later run on the fixed cases exports again;
-    the exporter's warnings reach stderr and the progress stream."""
+    """All-empty labels and too few tumour slices are refused with the counts, and the refused
+    run leaves no run folder behind; the fixed cases export with their tumour slices; the
+    exporter's warnings reach stderr (the refused run's stream is not left behind)."""
     from vmambax.errors import InputError
     from vmambax.train.datamodule import export_info, prepare_data_root
 
@@ -463,14 +463,11 @@ def test_training_data_traps(phantom_root, tmp_path, capsys):
     with pytest.raises(InputError, match=r"every training label .* is empty: 0 of \d+ training "
                                          r"slices from \d patient\(s\)"):
         train(cfg)
-    assert _events(run)[-1]["event"] == "error"
-    key = export_info(run / "data")["source_key"]
+    assert not run.exists()  # refused: the run folder is left as it was found (not there)
 
     for label, data in originals.items():  # the user fixes the labels
         label.write_bytes(data)
-    root, _ = prepare_data_root(cases, run, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                image_size=128, negatives_per_positive=cfg.negatives_per_positive)
-    assert export_info(root)["source_key"] != key  # not the stale all-empty export
+    root, _ = prepare_data_root(cases, run, image_size=128)
     assert sum(c["slices_with_tumour"] for c in export_info(root)["cases"].values()) > 0
 
     # Too few tumour slices: this PCLT subset has one.
@@ -493,6 +490,10 @@ def test_training_data_traps(phantom_root, tmp_path, capsys):
         train(_cfg(cases, warned, epochs=1, image_size=128, min_positive_slices=10_000))
     err = capsys.readouterr().err
     assert "warning: exporting the cases: " in err and "covers only" in err
+    assert not warned.exists()
+    # A run that trains streams them too (after its start event).
+    assert train(_cfg(cases, warned, epochs=1, image_size=128, max_steps=1)).status == "done"
+    assert "covers only" in capsys.readouterr().err
     assert any("covers only" in e["message"] for e in _events(warned, "warning"))
 
 

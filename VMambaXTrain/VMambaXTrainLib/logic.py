@@ -29,7 +29,7 @@ from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
 
 from VMambaXCommon.processes import launch, python_executable, terminate_tree, vmambax_env
-from VMambaXTrainLib.run_lock import RunLock
+from vmambax.locks import RunLock  # the one lock implementation (core)
 
 TERMINAL_EVENTS = ("done", "stopped", "error")
 

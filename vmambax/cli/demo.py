@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from vmambax.cli.segment import print_summary, progress_bar
     from vmambax.phantom import default_case_id, make_phantom, write_case
     from vmambax.infer.pipeline import segment_files
+    from vmambax.infer.registry import DEMO_MODEL_NOTICE
     from vmambax.infer.segmenter import Segmenter
 
     t0 = time.perf_counter()
@@ -67,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
             segmenter=segmenter, progress=update)
     finally:
         close()
-    print_warnings(report["warnings"])
+    # The demo model on a phantom is what it was made for: its notice is a note here, not a warning.
+    print_warnings(w for w in report["warnings"] if w != DEMO_MODEL_NOTICE)
+    if DEMO_MODEL_NOTICE in report["warnings"]:
+        print("note: the demo model was trained on synthetic phantoms like this one; it is not "
+              "for patient data (train your own model: vmambax train, or VMambaX Train in Slicer)")
     print_summary(result, {"label": out / "label.nii.gz", "report": out / "report.json",
                            "preview": out / "preview.png", "case": case_dir})
 

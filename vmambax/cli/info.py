@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 _LABELS = (
     ("encoder", "shared VMamba encoder (incl. out-norms)"),
@@ -29,16 +30,20 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def collect(config: str, size: int = 512, flops: bool = True) -> dict:
+def collect(config: str, size: int = 512, flops: bool = True, say=None) -> dict:
+    """The report; ``say(message)`` hears what it is doing (building and the FLOP count take
+    half a minute for the full model on a CPU, which must not look like a hang)."""
     import torch
 
     from vmambax import ops
     from vmambax.model import build_model, count_parameters, get_config
     from vmambax.ops import native
 
+    say = say or (lambda message: None)
     cfg = get_config(config)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if flops:
+        say(f"building {config} with random weights ...")
         model = build_model(config, pretrained_encoder=None)
     else:  # shapes only: no memory, no init time
         with torch.device("meta"):
@@ -58,6 +63,8 @@ def collect(config: str, size: int = 512, flops: bool = True) -> dict:
     if flops:
         from vmambax.model.flops import count_flops
 
+        say(f"counting FLOPs: one forward pass of a {size}x{size} CT+PET pair on the CPU (up to "
+            f"a minute for the full model; --no-flops skips it) ...")
         result["flops"] = count_flops(model, size=size)
     return result
 
@@ -94,7 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.size <= 0 or args.size % 128:
         raise ConfigError(f"--size must be a positive multiple of 128 (got {args.size}).")
-    info = collect(args.config, args.size, flops=not args.no_flops)
+    def say(message: str) -> None:  # on stderr: stdout stays the report (or the JSON)
+        print(message, file=sys.stderr, flush=True)
+
+    info = collect(args.config, args.size, flops=not args.no_flops, say=say)
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vmambax.utils import plural
+
 EXIT_SOME_FAILED = 3
 
 
@@ -18,10 +20,13 @@ def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "cohort", "segment many cases: --cases LIST --out-dir DIR (instead of --ct/--pet/-o); "
                   "exit status 0 all ok, 3 some cases failed, 2 bad usage")
+    from vmambax.infer.cohort_list import CSV_COLUMNS, CSV_OPTIONAL_COLUMNS
+
     g.add_argument("--cases", metavar="LIST",
-                   help="CSV (columns id, ct, pet, optional label, pet_units, weight_kg, dose_mbq; "
-                        "paths relative to the CSV) or a folder of case folders (<case>/ct.nii.gz "
-                        "+ pet.nii.gz [+ label.nii.gz], or <case>/dicom/ct + dicom/pet)")
+                   help=f"CSV (columns {', '.join(CSV_COLUMNS)}, optional "
+                        f"{', '.join(CSV_OPTIONAL_COLUMNS)}; paths relative to the CSV) or a folder "
+                        "of case folders (<case>/ct.nii.gz + pet.nii.gz [+ label.nii.gz], or "
+                        "<case>/dicom/ct + dicom/pet)")
     g.add_argument("--out-dir", metavar="DIR",
                    help="DIR/<id>/label.nii.gz + report.json per case, DIR/summary.csv")
     g.add_argument("--devices", metavar="LIST",
@@ -35,6 +40,9 @@ def add_cohort_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge the shard summaries into DIR/summary.csv and stop (the last shard "
                         "to finish also does this)")
     g.add_argument("--previews", action="store_true", help="also write DIR/<id>/preview.png")
+    g.add_argument("--case-timeout", type=float, metavar="MINUTES",
+                   help="a case not finished within this time (a hung file read, a stuck "
+                        "device) is a failed row and the run goes on (default 60; 0: no limit)")
 
 
 def check_single_case_arguments(args) -> None:
@@ -46,7 +54,8 @@ def check_single_case_arguments(args) -> None:
         raise ConfigError(f"segment needs {', '.join(missing)} for one case, or --cases LIST "
                           f"--out-dir DIR for a cohort")
     extra = [flag for flag, value in (("--devices", args.devices), ("--shard", args.shard),
-                                      ("--previews", args.previews)) if value]
+                                      ("--previews", args.previews),
+                                      ("--case-timeout", args.case_timeout is not None)) if value]
     if extra:
         raise ConfigError(f"{', '.join(extra)} apply to cohorts; add --cases LIST --out-dir DIR")
 
@@ -58,10 +67,21 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def _warning_lines(p) -> list[str]:
+    """The ``warning: ...`` lines of one progress event (each said once: see _Tracker.news)."""
+    prefix = f"{p.case_id}: " if p.case_id else ""
+    return [f"warning: {prefix}{w}" for w in p.warnings]
+
+
 def progress_display(quiet: bool):
-    """A bar over cases on a terminal, else one stderr line per finished case (batch logs)."""
+    """A bar over cases on a terminal, else one stderr line per finished case (batch logs); the
+    warnings of each case when it finishes, the model's notices at the start."""
     if quiet:
-        return None, lambda: None
+        def warn_only(p) -> None:
+            for text in _warning_lines(p):
+                print(text, file=sys.stderr, flush=True)
+
+        return warn_only, lambda: None
     if sys.stderr.isatty():
         import shutil
 
@@ -72,6 +92,9 @@ def progress_display(quiet: bool):
 
         def update(p) -> None:
             nonlocal bar
+            for text in _warning_lines(p):
+                (tqdm.write(text, file=sys.stderr) if bar is not None else
+                 print(text, file=sys.stderr, flush=True))
             if bar is None:
                 bar = tqdm(total=p.total, unit="case", file=sys.stderr, ncols=min(width, 120),
                            bar_format="{n_fmt}/{total_fmt} cases |{bar}| {desc}")
@@ -85,28 +108,43 @@ def progress_display(quiet: bool):
         if p.status is not None:
             print(f"[{p.done}/{p.total}] {p.message}  elapsed {_clock(p.elapsed_s)}  "
                   f"ETA {_clock(p.eta_s)}", file=sys.stderr, flush=True)
+        for text in _warning_lines(p):
+            print(text, file=sys.stderr, flush=True)
 
     return line, lambda: None
 
 
 def _finish(rows, summary, seconds: float | None = None) -> int:
+    """The closing lines: counts and the failures (the warnings were said as each case ended)."""
     counts = {s: sum(r.get("status") == s for r in rows) for s in ("ok", "skipped", "failed")}
     took = f" in {_clock(seconds)}" if seconds is not None else ""
-    print(f"{len(rows)} case(s){took}: {counts['ok']} ok, {counts['skipped']} skipped, "
+    print(f"{plural(len(rows), 'case')}{took}: {counts['ok']} ok, {counts['skipped']} skipped, "
           f"{counts['failed']} failed; summary: {summary}")
-    for r in rows:  # the input warnings of each case (partial PET, other study, ...)
-        for warning in r.get("warnings") or []:
-            print(f"warning: {r['id']}: {warning}", file=sys.stderr)
-    noted = [r for r in rows if r.get("status") in ("ok", "skipped") and r.get("error")]
-    for r in noted:  # e.g. a ground-truth label that could not be compared (no Dice)
-        print(f"warning: {r['id']}: {r['error']}", file=sys.stderr)
     failed = [r for r in rows if r.get("status") == "failed"]
     if failed:
-        print(f"{len(failed)} case(s) failed:", file=sys.stderr)
+        print(f"{plural(len(failed), 'case')} failed:", file=sys.stderr)
         for r in failed:
             print(f"  {r['id']}: {r.get('error') or 'no error recorded'}", file=sys.stderr)
         return EXIT_SOME_FAILED
     return 0
+
+
+def _header(cases, shard, source: str, devices: list[str], threads: int | None) -> str:
+    """ "4 cases in the list (1 cannot run, see below); segmenting on cpu (2 threads)"."""
+    from vmambax.infer.cohort import worker_threads
+    from vmambax.infer.cohort_list import shard_cases
+    from vmambax.infer.devices import default_cpu_threads, describe_device, resolve_device
+
+    mine = shard_cases(cases, *shard) if shard else cases
+    where = f"shard {shard[0]} of {shard[1]} (from {source}): {len(mine)} of " if shard else ""
+    bad = sum(bool(c.problem) for c in mine)
+    resolved = [resolve_device(spec) for spec in devices]
+    per_cpu = worker_threads([d.type for d in resolved], threads) or default_cpu_threads()
+    named = [f"cpu ({plural(per_cpu, 'thread')})" if d.type == "cpu" else describe_device(d)
+             for d in resolved]
+    note = f" ({bad} cannot run, see below)" if bad else ""
+    return (f"{where}{plural(len(cases), 'case')} in the list{note}; segmenting on "
+            f"{', '.join(named)}")
 
 
 def run_cohort_command(args) -> int:
@@ -115,7 +153,7 @@ def run_cohort_command(args) -> int:
     from vmambax.errors import ConfigError
     from vmambax.infer.cohort import CohortOptions, parse_devices, run_cohort
     from vmambax.infer.cohort_list import (SUMMARY_NAME, merge_shards, parse_shard, read_cases,
-                                           shard_from_env)
+                                           shard_cases, shard_from_env)
 
     if not (args.cases and args.out_dir):
         raise ConfigError("a cohort needs both --cases LIST and --out-dir DIR")
@@ -141,15 +179,20 @@ def run_cohort_command(args) -> int:
     else:
         shard, source = shard_from_env(), "the SLURM array / torchrun environment"
     devices = parse_devices(args.devices or args.device)
+    if args.case_timeout is not None and args.case_timeout < 0:
+        raise ConfigError(f"--case-timeout must be >= 0 minutes (0: no limit), got {args.case_timeout:g}")
     options = CohortOptions(
         model=args.model, batch_size=args.batch, threads=args.threads,
         amp=False if args.no_amp else None, compile=args.compile, pet_units=args.pet_units,
         weight_kg=args.weight, dose_mbq=args.dose, uptake_minutes=args.uptake_minutes,
         previews=args.previews, overwrite=args.overwrite, all_slices=args.all_slices,
-        allow_different_patients=args.allow_different_patients)
+        allow_different_patients=args.allow_different_patients,
+        **({} if args.case_timeout is None else {"case_timeout_s": args.case_timeout * 60.0 or None}))
     if not args.quiet:
-        where = f"shard {shard[0]} of {shard[1]} (from {source}): " if shard else ""
-        print(f"{where}{len(cases)} case(s) in the list, on {', '.join(devices)}", file=sys.stderr)
+        print(_header(cases, shard, source, devices, args.threads), file=sys.stderr)
+    for case in shard_cases(cases, *shard) if shard else cases:  # the whole list, now
+        if case.problem:
+            print(f"warning: case {case.id} cannot run: {case.problem}", file=sys.stderr)
     update, close = progress_display(args.quiet)
     try:
         result = run_cohort(cases, out_dir, options=options, devices=devices, shard=shard,

@@ -164,6 +164,23 @@ def make_case(ct, pet_suv, *, ct_source: str | None = None, pet_source: str | No
                      warnings=notes)
 
 
+def check_distinct_inputs(ct_path, pet_path) -> None:
+    """Refuse one file given as both the CT and the PET (before anything is read: reading it
+    twice would only end in "are the inputs swapped?"). One DICOM folder holding both series
+    is fine; the series picker takes the CT and the PET from it."""
+    import os
+
+    ct, pet = Path(ct_path), Path(pet_path)
+    try:
+        same = ct.exists() and pet.exists() and os.path.samefile(ct, pet)
+    except OSError:
+        return
+    if same and not ct.is_dir():
+        raise InputError(f"The CT and the PET inputs are the same file ({ct}); give the CT "
+                         "(Hounsfield units) as the CT and the PET as the PET: two different "
+                         "files, or one DICOM folder holding both series.")
+
+
 def load_pet_ct(ct_path, pet_path, pet_units: str = "auto", weight_kg: float | None = None,
                 dose_mbq: float | None = None, *, uptake_minutes: float | None = None,
                 ct_series_uid: str | None = None, pet_series_uid: str | None = None,
@@ -175,6 +192,7 @@ def load_pet_ct(ct_path, pet_path, pet_units: str = "auto", weight_kg: float | N
     ``pet_units``/``weight_kg``/``dose_mbq``/``uptake_minutes``: see ``io.read_pet``. DICOM
     inputs of different patients are refused unless ``allow_different_patients``.
     """
+    check_distinct_inputs(ct_path, pet_path)
     ct, series = read_image_source(ct_path, series_uid=ct_series_uid, modality="CT",
                                    what="The CT")
     pet = read_pet_info(pet_path, pet_units, weight_kg, dose_mbq, uptake_minutes=uptake_minutes,

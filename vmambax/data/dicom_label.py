@@ -33,12 +33,12 @@ def referenced_series_uids(path) -> list[str]:
     return [u for u in uids if u]
 
 
-def ct_series_for(ct_folder, label_path) -> str | None:
-    """The CT series of ``ct_folder`` that the annotation refers to, when the folder holds
-    several CT series and one of them is referenced; None otherwise (the usual pick applies)."""
+def ct_series_for(ct_folder, label_path, modality: str = "CT") -> str | None:
+    """The series of ``modality`` in ``ct_folder`` that the annotation refers to, when the
+    folder holds several and one of them is referenced; None otherwise (the usual pick applies)."""
     from vmambax.data import dicom as _dicom
 
-    cts = [s for s in _dicom.find_series(ct_folder) if s.modality.upper() == "CT"]
+    cts = [s for s in _dicom.find_series(ct_folder) if s.modality.upper() == modality]
     if len(cts) < 2:
         return None
     try:
@@ -48,14 +48,15 @@ def ct_series_for(ct_folder, label_path) -> str | None:
     return next((s.uid for s in cts if s.uid in wanted), None)
 
 
-def frame_of_reference_of(path, series_uid: str | None = None) -> str | None:
-    """The FrameOfReferenceUID of a CT given as a DICOM folder or file; None for other files."""
+def frame_of_reference_of(path, series_uid: str | None = None, modality: str = "CT") -> str | None:
+    """The FrameOfReferenceUID of an image (a CT; ``modality``) given as a DICOM folder or file;
+    None for other files."""
     from vmambax.data import dicom as _dicom
 
     path = Path(path)
     try:
         if path.is_dir():
-            series = _dicom.pick_series(path, series_uid, "CT")
+            series = _dicom.pick_series(path, series_uid, modality)
             first = series.files[0]
         elif path.suffix.lower() == ".dcm":
             first = str(path)
@@ -68,33 +69,81 @@ def frame_of_reference_of(path, series_uid: str | None = None) -> str | None:
         return None
 
 
-def read_dicom_label(path, reference, *, structure: str | None = None,
-                     frame_of_reference_uid: str | None = None, option: str = "--roi NAME") -> ImportedLabel:
-    """The RTSTRUCT ROI or SEG segment ``structure`` (name or number; default: the only one or
-    the one named like a tumour) at ``path`` as a label on ``reference``'s grid."""
+def find_label_file(path) -> Path:
+    """``path`` itself when it is a file; for a folder, the one RTSTRUCT or DICOM SEG file in it
+    (planning systems export the structure set into a folder of its own). Several or none:
+    InputError naming what is there."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"DICOM label {path} not found.")
+    if not path.is_dir():
+        if not path.exists():
+            raise InputError(f"DICOM label {path} not found; give the RTSTRUCT (RS*.dcm) or DICOM "
+                             "SEG file, or the folder that holds it.")
+        return path
+    found = []
+    for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            ds = dcmread(candidate, stop_before_pixels=True, specific_tags=["Modality"])
+        except Exception:  # not DICOM (a README, a thumbnail ...): not a candidate
+            continue
+        if str(ds.get("Modality", "")).upper() in ("RTSTRUCT", "SEG"):
+            found.append(candidate)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise InputError(f"{path} is a folder with no RTSTRUCT or DICOM SEG file in it; give the "
+                         "structure set file (Modality RTSTRUCT, usually RS*.dcm) or its folder.")
+    listing = "\n".join(f"  {p}" for p in found[:10]) + (f"\n  ... and {len(found) - 10} more"
+                                                          if len(found) > 10 else "")
+    raise InputError(f"{path} holds {len(found)} RTSTRUCT/SEG files; give the one to import:\n{listing}")
+
+
+def read_dicom_label(path, reference, *, structure: str | None = None,
+                     frame_of_reference_uid: str | None = None, option: str = "--roi NAME",
+                     image_what: str = "the CT") -> ImportedLabel:
+    """The RTSTRUCT ROI or SEG segment ``structure`` (name or number; default: the only one or
+    the one named like a tumour) at ``path`` (a file, or a folder holding one) as a label on
+    ``reference``'s grid. ``image_what`` names the reference in messages ("the CT", "the PET")."""
+    from vmambax.data.rtstruct import cut_short_problem, unreadable_problem
+
+    path = find_label_file(path)
+    problem = cut_short_problem(path)
+    if problem:
+        raise InputError(problem)
     try:
         modality = str(dcmread(path, stop_before_pixels=True).get("Modality", "")).upper()
     except Exception as exc:
-        raise InputError(f"{path} is not a readable DICOM file ({str(exc).splitlines()[0][:200]}).") from None
+        raise InputError(unreadable_problem(path, exc)) from None
     try:
         if modality == "RTSTRUCT":
-            return rtstruct_to_label(path, reference, roi=structure,
+            return rtstruct_to_label(path, reference, roi=structure, image_what=image_what,
                                      frame_of_reference_uid=frame_of_reference_uid, option=option)
         if modality == "SEG":
-            return seg_to_label(path, reference, segment=structure,
+            return seg_to_label(path, reference, segment=structure, image_what=image_what,
                                 frame_of_reference_uid=frame_of_reference_uid, option=option)
+    except InputError:
+        raise  # our own refusal (ROI choice, frame of reference, empty, oblique ...) as it is
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         # A required element missing (ROINumber, Rows, SegmentNumber ...) or malformed
         # (ContourData not x,y,z triplets): the file breaks the standard; say so, no traceback.
         raise InputError(f"{path.name} is a malformed DICOM {modality}: {type(exc).__name__}: "
                          f"{str(exc).splitlines()[0][:200] if str(exc) else 'missing element'}. "
-                         "Export the contours again from the planning system, or convert them "
-                         "to a label file yourself.") from None
+                         "A required element is missing or wrong (or the file ends early at an "
+                         "element boundary). Export the contours again from the planning system, "
+                         "or convert them to a label file yourself.") from None
     raise InputError(f"{path.name} is a DICOM {modality or '(no modality)'} file; a DICOM label "
                      "must be an RTSTRUCT (contours) or a SEG (segmentation).")
+
+
+def annotation_grid_modality(folder) -> str:
+    """The modality of the image series an annotation goes onto in a DICOM ``folder``: "CT"
+    when it holds a CT series, else "PT" for a folder with a PET only (contours drawn on the
+    PET, e.g. a PET GTV); "CT" otherwise (the series picker then says what is there)."""
+    from vmambax.data import dicom as _dicom
+
+    modalities = {s.modality.upper() for s in _dicom.find_series(folder)}
+    if "CT" not in modalities and "PT" in modalities:
+        return "PT"
+    return "CT"
 
 
 def _segment_number_of_frames(ds, n_frames: int) -> list[int]:
@@ -122,7 +171,8 @@ def _functional(ds, frame: int, sequence: str, attribute: str):
 
 
 def seg_to_label(path, reference, *, segment: str | None = None,
-                 frame_of_reference_uid: str | None = None, option: str = "--roi NAME") -> ImportedLabel:
+                 frame_of_reference_uid: str | None = None, option: str = "--roi NAME",
+                 image_what: str = "the CT") -> ImportedLabel:
     """One segment of the DICOM SEG at ``path`` as a 0/1 label on ``reference``'s grid."""
     import SimpleITK as sitk
 
@@ -150,7 +200,8 @@ def seg_to_label(path, reference, *, segment: str | None = None,
     chosen = choose_structure(structures, segment, what=f"DICOM SEG {path.name}", kind="segment",
                               option=option)
     what = f"segment {chosen.name!r} of {path.name}"
-    notes = check_frame_of_reference(chosen.frame_of_reference_uid, frame_of_reference_uid, what=what)
+    notes = check_frame_of_reference(chosen.frame_of_reference_uid, frame_of_reference_uid, what=what,
+                                     image_what=image_what)
     if chosen.n_contours == 0:
         raise InputError(f"{what} is empty (no frame holds it). Choose another segment with "
                          f"{option}, or segment the tumour first.")

@@ -9,6 +9,7 @@ without tumour still gives a valid SEG (all frames empty), because "nothing foun
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from vmambax.errors import DependencyError, InputError
 from vmambax.utils import atomic_path
 
 SEGMENT_LABEL = "Lung tumour"
+PERSON_NAME_WARNING = r".*is unlikely to represent the intended person name"
 
 
 def write_dicom_seg(label, ct_series, path, *, series_uid: str | None = None,
@@ -69,16 +71,21 @@ def write_dicom_seg(label, ct_series, path, *, series_uid: str | None = None,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm, anatomic_regions=[codes.SCT.Lung])
     try:
-        seg = hd.seg.Segmentation(
-            source_images=datasets, pixel_array=frames,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description], series_instance_uid=hd.UID(),
-            series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="VMambaX",
-            manufacturer_model_name="vMambaX", software_versions=__version__,
-            device_serial_number="none", series_description=series_description,
-            content_label="TUMOUR", content_description="Automatic lung tumour segmentation",
-            omit_empty_frames=bool(frames.any()))
+        with warnings.catch_warnings():
+            # highdicom checks the CT's PatientName and warns about a single-component name
+            # ("STS_001"): common in anonymised data, the SEG copies it as it is, and the
+            # warning (twice, even with -q) says nothing the user can act on.
+            warnings.filterwarnings("ignore", message=PERSON_NAME_WARNING, category=UserWarning)
+            seg = hd.seg.Segmentation(
+                source_images=datasets, pixel_array=frames,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=[description], series_instance_uid=hd.UID(),
+                series_number=int(getattr(first, "SeriesNumber", 0) or 0) + 1000,
+                sop_instance_uid=hd.UID(), instance_number=1, manufacturer="VMambaX",
+                manufacturer_model_name="vMambaX", software_versions=__version__,
+                device_serial_number="none", series_description=series_description,
+                content_label="TUMOUR", content_description="Automatic lung tumour segmentation",
+                omit_empty_frames=bool(frames.any()))
     except (ValueError, TypeError, AttributeError) as exc:
         raise InputError(f"Cannot build a DICOM SEG on the CT {series}: {exc}. The CT DICOM "
                          "lacks attributes a SEG needs; write the label as .nii.gz instead.") from None

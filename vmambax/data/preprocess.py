@@ -236,14 +236,34 @@ def volume_to_slices(ct_hu, pet_suv, size: int = IMAGE_SIZE):
     Inputs are SimpleITK images (any axis-aligned orientation) or axial ``(z, y, x)`` arrays;
     outputs are uint8 ``(z, size, size)`` stacks. The geometry inverts the mapping.
     """
+    ct_u8, pet_u8, geometry = volume_to_channels(ct_hu, pet_suv, (CT_WINDOW_HU,), (SUV_WINDOW,),
+                                                 size)
+    return ct_u8[:, 0], pet_u8[:, 0], geometry
+
+
+def volume_to_channels(ct_hu, pet_suv, ct_windows, suv_windows, size: int = IMAGE_SIZE):
+    """``volume_to_slices`` with one channel per intensity window -> ``(ct_u8, pet_u8,
+    geometry)``, uint8 stacks ``(z, len(ct_windows), size, size)`` and ``(z, len(suv_windows),
+    size, size)``.
+
+    Each channel goes the papers' way: window, pad, resize, round (with the papers' single
+    windows this is exactly ``volume_to_slices``). A model's ``InputSpec`` names its windows.
+    """
     if hasattr(ct_hu, "GetDirection") and hasattr(pet_suv, "GetDirection"):
         from vmambax.data.io import check_same_grid
 
         check_same_grid(pet_suv, ct_hu, "The PET", "the CT (resample the PET onto it first)")
     geometry = SliceGeometry.for_volume(ct_hu, size)
-    ct_u8 = geometry._map(ct_hu, ct_to_unit255, _round_inplace, np.uint8)
-    pet_u8 = geometry._map(pet_suv, suv_to_unit255, _round_inplace, np.uint8)
-    return ct_u8, pet_u8, geometry
+
+    def stack(volume, windows):
+        z = geometry.shape[0]
+        out = np.empty((z, len(windows), geometry.size, geometry.size), np.uint8)
+        for c, (lo, hi) in enumerate(windows):
+            out[:, c] = geometry._map(volume, lambda b, lo=lo, hi=hi: _window(b, lo, hi),
+                                      _round_inplace, np.uint8)
+        return out
+
+    return stack(ct_hu, ct_windows), stack(pet_suv, suv_windows), geometry
 
 
 def mask_to_slices(label, geometry: SliceGeometry) -> np.ndarray:

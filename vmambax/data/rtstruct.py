@@ -47,7 +47,9 @@ class Structure:
     unit: str = "contour"
 
     def row(self) -> str:
-        return f"  {self.number:>4}  {self.name!r}  ({self.n_contours} {self.unit}(s))"
+        from vmambax.utils import plural
+
+        return f"  {self.number:>4}  {self.name!r}  ({plural(self.n_contours, self.unit)})"
 
 
 @dataclasses.dataclass
@@ -109,15 +111,41 @@ def dcmread(path, **kwargs):
         return pydicom.dcmread(str(path), **kwargs)
 
 
+def cut_short_problem(path: Path) -> str | None:
+    """The message for a DICOM file that is cut short (an interrupted copy, download or export),
+    or None when it is whole."""
+    from vmambax.utils import dicom_cut_short
+
+    cut = dicom_cut_short(path)
+    if cut is None:
+        return None
+    return (f"{path.name} is cut short (truncated: {cut}), as an interrupted copy, download or "
+            "export leaves it. Copy it again from where it came from, or export it again from "
+            "the planning system.")
+
+
+def unreadable_problem(path: Path, exc: BaseException) -> str:
+    """The message for a file pydicom cannot read (not DICOM, or damaged)."""
+    detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    return (f"{path.name} cannot be read as DICOM ({detail}): it is not a DICOM file, or it is "
+            "damaged. Give the structure set file itself (Modality RTSTRUCT, usually RS*.dcm) or "
+            "a DICOM SEG, copied or exported again if it came from an interrupted transfer.")
+
+
 def read_rtstruct(path):
     """The RTSTRUCT dataset at ``path`` (pydicom), or InputError."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the RTSTRUCT file in it (usually RS*.dcm).")
     if not path.is_file():
-        raise InputError(f"RTSTRUCT file {path} not found; give the RS*.dcm file (not a folder).")
+        raise InputError(f"RTSTRUCT file {path} not found; check the path (the RS*.dcm file).")
+    problem = cut_short_problem(path)
+    if problem:
+        raise InputError(problem)
     try:
         ds = dcmread(path)
-    except Exception as exc:  # not DICOM, truncated ...
-        raise InputError(f"{path} is not a readable DICOM file ({str(exc).splitlines()[0][:200]}).") from None
+    except Exception as exc:  # not DICOM, damaged ...
+        raise InputError(unreadable_problem(path, exc)) from None
     if str(ds.get("Modality", "")).upper() != "RTSTRUCT":
         raise InputError(f"{path.name} is a DICOM {ds.get('Modality', '?')} file, not an RTSTRUCT; "
                          "give the structure set (Modality RTSTRUCT, usually RS*.dcm).")
@@ -269,7 +297,7 @@ def check_frame_of_reference(found: str | None, expected: str | None, *, what: s
 
 def rtstruct_to_label(path, reference, *, roi: str | None = None,
                       frame_of_reference_uid: str | None = None,
-                      option: str = "--roi NAME") -> ImportedLabel:
+                      option: str = "--roi NAME", image_what: str = "the CT") -> ImportedLabel:
     """One ROI of the RTSTRUCT at ``path`` as a 0/1 label on ``reference``'s grid (a sitk image).
 
     ``roi``: name or number (default: see ``choose_structure``). ``frame_of_reference_uid``:
@@ -283,7 +311,7 @@ def rtstruct_to_label(path, reference, *, roi: str | None = None,
     structure = choose_structure(list_rois(ds), roi, what=what, option=option)
     label_what = f"ROI {structure.name!r} of {path.name}"
     notes = check_frame_of_reference(structure.frame_of_reference_uid, frame_of_reference_uid,
-                                     what=label_what)
+                                     what=label_what, image_what=image_what)
     polygons, skipped = _contours(ds, structure.number)
     if not polygons:
         extra = f" ({skipped} point/open contour(s) only)" if skipped else ""

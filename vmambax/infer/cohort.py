@@ -9,12 +9,15 @@ Each case goes through the single-case pipeline (``pipeline.segment_files``) wit
 - ``DIR/summary.csv`` (or ``summary-shard-K-of-N.csv``) has one row per case and is rewritten
   atomically after every case, so an interrupted run keeps its summary (unfinished: ``pending``).
 - Several devices: one spawned worker process per device, each loading the model once and
-  taking cases from a shared queue. Shards (SLURM arrays, torchrun ranks) split the list as
+  taking cases from a shared queue (``cohort_workers``).
+- A case running past ``CohortOptions.case_timeout_s`` (a hung read, a stuck worker) is a
+  ``failed`` row, and the run goes on; one run at a time per output folder (``vmambax.locks``). Shards (SLURM arrays, torchrun ranks) split the list as
   ``i % N``; the last shard to finish merges the shard summaries into ``summary.csv``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +31,9 @@ from vmambax.errors import Cancelled, ConfigError, InputError, VMambaXError
 from vmambax.infer.devices import DeviceError
 from vmambax.infer.cohort_list import (FAILED, OK, PENDING, SKIPPED, CohortCase, merge_shards,
                                        pending_row, shard_cases, summary_name, write_summary)
+
+
+DEFAULT_CASE_TIMEOUT_S = 3600.0  # a whole-body case with the full model on a slow CPU: minutes
 
 
 @dataclasses.dataclass
@@ -47,6 +53,9 @@ class CohortOptions:
     overwrite: bool = False  # re-segment every case, even those whose outputs verify
     all_slices: bool = False  # run every slice, not only the lung field (vmambax.infer.lung_field)
     allow_different_patients: bool = False  # a CT and PET of different PatientIDs (DICOM)
+    #: A case taking longer than this (a hung read, a stuck worker) is a failed row, and the
+    #: run goes on with the next; None or 0: no limit. ``vmambax segment --case-timeout``.
+    case_timeout_s: float | None = DEFAULT_CASE_TIMEOUT_S
 
 
 @dataclasses.dataclass
@@ -61,6 +70,9 @@ class CohortProgress:
     elapsed_s: float
     eta_s: float | None  # None until one case has been segmented in this run
     counts: dict  # {"ok": n, "skipped": n, "failed": n}
+    #: What to tell the user with this event, once: the finished case's own warnings (a PET
+    #: covering part of the CT, ...), or at the start the model's notices (the demo model).
+    warnings: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -69,6 +81,7 @@ class CohortResult:
     summary: Path  # the summary this run wrote (summary.csv or its shard file)
     merged: Path | None  # summary.csv when this run merged the shards
     seconds: float
+    notices: list = dataclasses.field(default_factory=list)  # the model's (registry.model_notices)
 
     def count(self, status: str) -> int:
         return sum(r.get("status") == status for r in self.rows)
@@ -125,7 +138,7 @@ def parse_devices(spec: str | None, environ=None) -> list[str]:
     return names
 
 
-def _worker_threads(devices: list[str], threads: int | None) -> int | None:
+def worker_threads(devices: list[str], threads: int | None) -> int | None:
     """CPU workers share the cores (oversubscribed OpenMP threads are many times slower)."""
     from vmambax.infer.devices import default_cpu_threads
 
@@ -203,6 +216,7 @@ def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = F
     slice_mode = "all slices" if all_slices else "lung field"
     from vmambax.data.io import read_label
     from vmambax.infer.report import REPORT_FORMAT
+    from vmambax.utils import verify_file
 
     label_path, report_path, preview_path = case_outputs(out_dir, case.id)
     if case.problem or not (label_path.is_file() and report_path.is_file()):
@@ -210,6 +224,10 @@ def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = F
     if previews and not preview_path.is_file():
         return None
     try:
+        # The same check as the write (vmambax.utils.verify_file): a label whose gzip trailer
+        # was cut reads back with SimpleITK, but is not a whole file.
+        for path in (label_path, report_path) + ((preview_path,) if previews else ()):
+            verify_file(path)
         report = json.loads(report_path.read_text(encoding="utf-8"))
         if (report.get("format") != REPORT_FORMAT or report["model"].get("sha256") != sha256
                 or not _same_path(report["inputs"]["ct"].get("path"), case.ct)
@@ -227,10 +245,48 @@ def verify_case(case: CohortCase, out_dir: Path, sha256: str, previews: bool = F
     return row
 
 
+class CaseTimeout(VMambaXError):
+    """A case ran past the cohort's per-case time limit (``CohortOptions.case_timeout_s``)."""
+
+
+def timeout_message(seconds: float) -> str:
+    limit = f"{seconds / 60:.3g} min" if seconds >= 60 else f"{seconds:.3g} s"
+    return (f"not finished within the per-case time limit of {limit} (a hung file read, a stuck "
+            f"device?); nothing was written for it. Check its files, or raise the limit with "
+            f"--case-timeout MINUTES")
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise ``CaseTimeout`` in this (main) thread when the block runs past ``seconds``.
+
+    SIGALRM interrupts a blocking read too (Python retries it after the handler, which raises).
+    Worker processes are timed by their parent instead, which can end one stuck in C code."""
+    import signal
+    import threading
+
+    if (not seconds or not hasattr(signal, "setitimer")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+
+    def expired(signum, frame):
+        raise CaseTimeout(timeout_message(seconds))
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def segment_case(case: CohortCase, out_dir: Path, segmenter, options: CohortOptions,
-                 progress=None) -> dict:
+                 progress=None, time_limit: bool = False) -> dict:
     """Segment one case with a loaded ``Segmenter``; its row (``failed`` with the error on any
-    problem: nothing of this case is half-written, the caller goes on with the next)."""
+    problem: nothing of this case is half-written, the caller goes on with the next).
+    ``time_limit``: enforce ``options.case_timeout_s`` here (in-process runs)."""
     from vmambax.infer.pipeline import segment_files
 
     t0 = time.perf_counter()
@@ -238,16 +294,17 @@ def segment_case(case: CohortCase, out_dir: Path, segmenter, options: CohortOpti
     try:
         if case.problem:
             raise InputError(case.problem)
-        result, _ = segment_files(
-            case.ct, case.pet, label_path, report=report_path,
-            preview=preview_path if options.previews else None,
-            pet_units=case.pet_units or options.pet_units,
-            weight_kg=case.weight_kg or options.weight_kg,
-            dose_mbq=case.dose_mbq or options.dose_mbq,
-            uptake_minutes=case.uptake_minutes or options.uptake_minutes,
-            overwrite=True,  # existing outputs did not verify (stale, partial or --overwrite)
-            allow_different_patients=options.allow_different_patients,
-            segmenter=segmenter, progress=progress)
+        with _time_limit(options.case_timeout_s if time_limit else None):
+            result, _ = segment_files(
+                case.ct, case.pet, label_path, report=report_path,
+                preview=preview_path if options.previews else None,
+                pet_units=case.pet_units or options.pet_units,
+                weight_kg=case.weight_kg or options.weight_kg,
+                dose_mbq=case.dose_mbq or options.dose_mbq,
+                uptake_minutes=case.uptake_minutes or options.uptake_minutes,
+                overwrite=True,  # existing outputs did not verify (stale, partial or --overwrite)
+                allow_different_patients=options.allow_different_patients,
+                segmenter=segmenter, progress=progress)
     except Cancelled:
         raise  # SIGTERM / Ctrl-C / cancel: stop the cohort, not just this case
     except VMambaXError as exc:
@@ -265,7 +322,7 @@ def segment_case(case: CohortCase, out_dir: Path, segmenter, options: CohortOpti
     return row
 
 
-def _make_segmenter(options: CohortOptions, device: str, threads: int | None):
+def make_segmenter(options: CohortOptions, device: str, threads: int | None):
     from vmambax.infer.segmenter import Segmenter
 
     return Segmenter(options.model, device=device, batch_size=options.batch_size, amp=options.amp,
@@ -276,8 +333,9 @@ def _make_segmenter(options: CohortOptions, device: str, threads: int | None):
 class _Tracker:
     """Rows of this run, the summary file and progress/ETA (wall time per segmented case)."""
 
-    def __init__(self, cases, summary: Path, progress: ProgressFn | None):
+    def __init__(self, cases, summary: Path, progress: ProgressFn | None, notices=()):
         self.cases, self.summary, self.progress = cases, summary, progress
+        self.notices = list(notices)  # the model's: said once at the start, not per case
         self.rows = {c.id: pending_row(c.id) for c in cases}
         self.t0 = time.perf_counter()
         self.t_run: float | None = None  # when the first case started segmenting
@@ -305,19 +363,35 @@ class _Tracker:
             self.t_run = time.perf_counter()
         self.emit(case_id, None, f"{case_id}: segmenting")
 
+    def begin(self) -> None:
+        self.write()
+        self.emit(None, None, "starting", warnings=self.notices)
+
+    def news(self, row: dict) -> list[str]:
+        """What this run found about a finished case, to be said once: the warnings of a case
+        it segmented (a skipped case's were said when it was segmented) and a note such as
+        "Dice not computed"; the model's notices were said at the start."""
+        found = []
+        if row["status"] == OK:
+            found += [w for w in row.get("warnings") or [] if w not in self.notices]
+        if row["status"] in (OK, SKIPPED) and row.get("error"):
+            found.append(row["error"])
+        return found
+
     def finish(self, row: dict, segmented: bool) -> None:
         self.rows[row["id"]] = row
         self.segmented += segmented
         self.write()
-        detail = f" ({row['error']})" if row.get("error") else ""
-        self.emit(row["id"], row["status"], f"{row['id']}: {row['status']}{detail}")
+        detail = f" ({row['error']})" if row.get("error") and row["status"] == FAILED else ""
+        self.emit(row["id"], row["status"], f"{row['id']}: {row['status']}{detail}",
+                  warnings=self.news(row))
 
-    def emit(self, case_id, status, message, partial: float = 0.0) -> None:
+    def emit(self, case_id, status, message, partial: float = 0.0, warnings=()) -> None:
         if self.progress:
             self.progress(CohortProgress(
                 done=self.done(), total=len(self.rows), case_id=case_id, status=status,
                 message=message, elapsed_s=time.perf_counter() - self.t0,
-                eta_s=self.eta(partial), counts=self.counts()))
+                eta_s=self.eta(partial), counts=self.counts(), warnings=list(warnings)))
 
     def write(self) -> None:
         write_summary(self.summary, [self.rows[c.id] for c in self.cases])
@@ -348,14 +422,44 @@ def run_cohort(cases: list[CohortCase], out_dir, *, options: CohortOptions | Non
     problems of the whole run (output folder, model file, every device failing); a case's own
     problem is its ``failed`` row.
     """
+    from vmambax.infer.registry import notices_for, resolve_model
+
     options = options or CohortOptions()
     devices = list(devices or ["cpu"])
     out_dir = Path(out_dir).expanduser()
-    sha = model_sha256(options.model)  # a bad model fails the run now, before anything is written
+    # A bad model fails the run now, before anything is written.
+    path, entry = resolve_model(options.model)
+    sha = model_sha256(options.model)
+    notices = notices_for(options.model, path, entry, sha256=sha)
     _check_out_dir(out_dir)
+    with lock_cohort(out_dir, shard):
+        return _run_locked(cases, out_dir, options, devices, shard, progress, sha, notices)
+
+
+def lock_cohort(out_dir: Path, shard: tuple[int, int] | None):
+    """The lock of this cohort run on ``out_dir`` (``vmambax.locks.CohortLock``): a second run on
+    the same folder (or the same shard) is refused, and so is a whole-list run while a shard
+    run writes there (or the reverse), as both would segment the same cases."""
+    from vmambax.locks import CohortLock
+
+    lock = CohortLock(out_dir, shard).acquire()
+    try:
+        for other in CohortLock.conflicting(out_dir, shard):
+            holder = other.holder()
+            if holder is not None:
+                raise ConfigError(f"{other.what} is already running in {out_dir} (process "
+                                  f"{holder.get('pid')}); {other.advice}")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _run_locked(cases, out_dir: Path, options: CohortOptions, devices, shard, progress, sha,
+                notices) -> CohortResult:
     mine = shard_cases(cases, *shard) if shard else list(cases)
-    tracker = _Tracker(mine, out_dir / summary_name(shard), progress)
-    tracker.write()
+    tracker = _Tracker(mine, out_dir / summary_name(shard), progress, notices)
+    tracker.begin()
 
     todo = []
     for case in mine:
@@ -368,145 +472,28 @@ def run_cohort(cases: list[CohortCase], out_dir, *, options: CohortOptions | Non
         else:
             todo.append(case)
     if todo:
-        threads = _worker_threads(devices, options.threads)
+        threads = worker_threads(devices, options.threads)
         if len(devices) == 1:
             _run_here(todo, out_dir, options, devices[0], threads, tracker)
         else:
-            _run_workers(todo, out_dir, options, devices, threads, tracker)
+            from vmambax.infer.cohort_workers import run_workers
+
+            run_workers(todo, out_dir, options, devices, threads, tracker)
     merged = None
     if shard is not None:
         rows = merge_shards(out_dir, cases, count=shard[1], require_complete=False)
         merged = out_dir / "summary.csv" if rows is not None else None
     return CohortResult(rows=tracker.ordered(), summary=tracker.summary, merged=merged,
-                        seconds=time.perf_counter() - tracker.t0)
+                        seconds=time.perf_counter() - tracker.t0, notices=list(notices))
 
 
 def _run_here(todo, out_dir, options, device, threads, tracker: _Tracker) -> None:
-    segmenter = _make_segmenter(options, device, threads)  # once for the whole cohort
+    segmenter = make_segmenter(options, device, threads)  # once for the whole cohort
     for case in todo:
         tracker.started(case.id)
 
         def within(fraction: float, message: str, case_id=case.id) -> None:
             tracker.emit(case_id, None, f"{case_id}: {message}", partial=fraction)
 
-        tracker.finish(segment_case(case, out_dir, segmenter, options, within), segmented=True)
-
-
-# --------------------------------------------------------------------- worker processes
-# Each worker has its own pipe to the parent, which hands out one case at a time: no lock is
-# shared between workers, so one killed mid-message (out of memory, scancel) cannot block the
-# others, and its end of the pipe closing tells the parent which case it took with it.
-def _worker(device: str, threads, options: CohortOptions, out_dir: str, conn) -> None:
-    """One device: load the model once, then segment the cases the parent sends until None."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the parent, which stops us
-    try:
-        segmenter = _make_segmenter(options, device, threads)
-    except VMambaXError as exc:  # its class travels too, so the parent raises the same kind
-        conn.send(("fatal", f"{device}: {exc}", type(exc)))
-        return
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
-        conn.send(("fatal", f"{device}: internal error {type(exc).__name__}: {exc}\n"
-                            f"{traceback.format_exc()}", None))
-        return
-    conn.send(("ready", segmenter.device_name))
-    while True:
-        try:
-            item = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if item is None:
-            return
-        index, case = item
-        conn.send(("done", index, segment_case(case, Path(out_dir), segmenter, options)))
-
-
-def _run_workers(todo, out_dir, options, devices, threads, tracker: _Tracker) -> None:
-    import collections
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
-
-    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
-    procs, conns = [], {}
-    for w, device in enumerate(devices):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, name=f"vmambax-cohort-{device}", daemon=True,
-                           args=(device, threads if device == "cpu" else None, options,
-                                 str(out_dir), child))
-        proc.start()
-        child.close()
-        procs.append(proc)
-        conns[w] = parent
-    waiting = collections.deque(range(len(todo)))
-    busy: dict[int, int] = {}  # worker -> index of the case it segments
-    fatal, fatal_type = [], None
-
-    def retire(w: int) -> None:
-        conns.pop(w).close()
-
-    def lost(w: int) -> None:
-        procs[w].join(timeout=5)
-        retire(w)
-        if w in busy:
-            index = busy.pop(w)
-            tracker.finish({"id": todo[index].id, "status": FAILED, "error":
-                            f"worker on {devices[w]} stopped (exit code {procs[w].exitcode}) "
-                            f"while segmenting this case; check its memory use, then rerun"},
-                           segmented=True)
-
-    def hand_out(w: int) -> None:
-        if not waiting:
-            conns[w].send(None)
-            retire(w)
-            return
-        index = waiting.popleft()
-        try:
-            conns[w].send((index, todo[index]))
-        except OSError:  # died since its last message
-            waiting.appendleft(index)
-            lost(w)
-            return
-        busy[w] = index
-        tracker.started(todo[index].id)
-
-    clean = False
-    try:
-        while conns and (waiting or busy):
-            by_conn = {c: w for w, c in conns.items()}
-            for conn in wait(list(by_conn), timeout=1.0):
-                w = by_conn[conn]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    lost(w)
-                    continue
-                if msg[0] == "ready":
-                    hand_out(w)
-                elif msg[0] == "done":
-                    busy.pop(w, None)
-                    tracker.finish(msg[2], segmented=True)
-                    hand_out(w)
-                elif msg[0] == "fatal":
-                    fatal.append(msg[1])
-                    fatal_type = fatal_type or msg[2]
-                    print(f"warning: worker {msg[1]}", file=sys.stderr)
-                    retire(w)
-        if waiting:
-            if fatal and len(fatal) == len(procs):
-                error = fatal_type if fatal_type and issubclass(fatal_type, VMambaXError) \
-                    else DeviceError  # a user-facing error (exit 2), never a traceback
-                raise error(f"no device could load the model: {'; '.join(fatal)}")
-            for index in waiting:
-                tracker.finish({"id": todo[index].id, "status": FAILED, "error":
-                                "not segmented: every worker stopped "
-                                f"({'; '.join(fatal) or 'see the errors above'})"}, False)
-        clean = True
-    finally:
-        for conn in conns.values():
-            conn.close()  # a worker waiting for a case sees EOF and exits
-        for proc in procs:
-            proc.join(timeout=5 if clean else 0)  # interrupted: stop the workers now
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=5)
+        tracker.finish(segment_case(case, out_dir, segmenter, options, within, time_limit=True),
+                       segmented=True)

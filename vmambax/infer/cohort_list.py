@@ -4,7 +4,9 @@ A cohort is a CSV (columns ``id``, ``ct``, ``pet``, optional ``label``, ``pet_un
 ``weight_kg``, ``dose_mbq``, ``uptake_minutes``; paths relative to the CSV's folder) or a folder
 of volume case folders (``<case>/ct.nii.gz`` + ``pet.nii.gz`` [+ ``label.nii.gz``], or
 ``<case>/dicom/ct`` + ``dicom/pet``). Missing files are not a list error: that case fails with
-its own error and the others go on.
+its own error and the others go on; they are found for the whole list when it is read, so the
+run names them before its first case. Case ids name the output folders, so they must not be a
+name the cohort writes itself (``summary.csv``, the shard summaries, the locks).
 
 Sharding is deterministic: case ``i`` (0-based, list order) belongs to shard ``i % N``. Shard
 ``K`` of ``N`` writes ``summary-shard-K-of-N.csv``; the merge puts the shards back in list order.
@@ -30,6 +32,13 @@ OK, SKIPPED, FAILED, PENDING = "ok", "skipped", "failed", "pending"
 PET_UNITS = ("auto", "suv", "bqml")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # an output folder name, never a path
 _SHARD_FILE = re.compile(r"^summary-shard-(\d+)-of-(\d+)\.csv$")
+#: Names the cohort itself writes into DIR (summaries, locks): a case folder of such a name would
+#: collide with them (case-insensitive: macOS and Windows file systems are).
+_RESERVED = re.compile(r"^(summary\.csv|summary-shard-\d+-of-\d+\.csv|cohort\.lock|"
+                       r"cohort-shard-\d+-of-\d+\.lock)$", re.IGNORECASE)
+#: The CSV's columns: the required ones, then the optional ones (``vmambax segment --help``).
+CSV_COLUMNS = ("id", "ct", "pet")
+CSV_OPTIONAL_COLUMNS = ("label", "pet_units", "weight_kg", "dose_mbq", "uptake_minutes")
 
 
 @dataclasses.dataclass
@@ -68,7 +77,19 @@ def _check_id(case_id: str, where: str) -> str:
     if not _ID.match(case_id):
         raise InputError(f"{where}: case id {case_id!r} cannot name an output folder; use letters, "
                          f"digits, '.', '_' and '-' only (starting with a letter or digit)")
+    if _RESERVED.match(case_id):
+        raise InputError(f"{where}: case id {case_id!r} is a name the cohort writes itself into the "
+                         f"output folder (summaries, locks); rename the case")
     return case_id
+
+
+def _missing_files(case: CohortCase, where: str) -> str | None:
+    """Why a case cannot run because its CT or PET is not there (checked for the whole list
+    before the first case, so the user hears of it at once, not when its turn comes)."""
+    for column, path in (("ct", case.ct), ("pet", case.pet)):
+        if path is not None and not path.exists():
+            return f"{where}: the {column} {path} does not exist; correct the path or remove the case"
+    return None
 
 
 def _number(value: str, column: str, where: str) -> float | None:
@@ -93,11 +114,11 @@ def _csv_cases(path: Path) -> list[CohortCase]:
     header = {(name or "").strip().lower(): name for name in (reader.fieldnames or [])}
     aliases = {"weight": "weight_kg", "dose": "dose_mbq"}
     header.update({aliases[k]: v for k, v in list(header.items()) if k in aliases})
-    missing = [c for c in ("id", "ct", "pet") if c not in header]
+    missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise InputError(f"case list {path} has no column {', '.join(missing)} (its header is "
                          f"{', '.join(reader.fieldnames or []) or 'empty'}); the first line must "
-                         f"name the columns: id,ct,pet[,label,pet_units,weight_kg,dose_mbq]")
+                         f"name the columns: {','.join(CSV_COLUMNS)}[,{','.join(CSV_OPTIONAL_COLUMNS)}]")
     base = path.parent
 
     def resolve(value: str) -> Path | None:
@@ -120,14 +141,16 @@ def _csv_cases(path: Path) -> list[CohortCase]:
         units = get.get("pet_units", "").lower() or None
         if units is not None and units not in PET_UNITS:
             raise InputError(f"{where}: pet_units {units!r} is not one of {', '.join(PET_UNITS)}")
-        cases.append(CohortCase(
+        case = CohortCase(
             id=case_id, ct=resolve(get["ct"]), pet=resolve(get["pet"]),
             label=resolve(get.get("label", "")), pet_units=units,
             weight_kg=_number(get.get("weight_kg", ""), "weight_kg", where),
             dose_mbq=_number(get.get("dose_mbq", ""), "dose_mbq", where),
             uptake_minutes=_number(get.get("uptake_minutes", ""), "uptake_minutes", where),
             problem=None if get["ct"] and get["pet"] else
-            f"{where} has no {'ct' if not get['ct'] else 'pet'} path; fill in the column"))
+            f"{where} has no {'ct' if not get['ct'] else 'pet'} path; fill in the column")
+        case.problem = case.problem or _missing_files(case, where)
+        cases.append(case)
     return cases
 
 

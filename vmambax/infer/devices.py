@@ -8,7 +8,7 @@ import os
 import torch
 
 from vmambax.errors import ConfigError, VMambaXError
-from vmambax.utils import cpu_threads  # noqa: F401 - part of this module's API
+from vmambax.utils import cpu_threads, plural  # noqa: F401 - cpu_threads: part of this module's API
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -148,5 +148,5 @@ def describe_device(device: torch.device) -> str:
         index = device.index if device.index is not None else torch.cuda.current_device()
         return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
     if device.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        return f"cpu ({plural(torch.get_num_threads(), 'thread')})"
     return str(device)

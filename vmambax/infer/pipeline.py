@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmambax.errors import InputError
-from vmambax.utils import atomic_group
+from vmambax.utils import atomic_group, plural
 
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha")
 DICOM_SEG_SUFFIX = ".dcm"
@@ -88,11 +88,14 @@ def plan_outputs(output, report=None, preview=None, *, ct_path: Path, pet_path: 
 
 
 def check_inputs(ct_path, pet_path) -> tuple[Path, Path]:
+    from vmambax.data.case import check_distinct_inputs
+
     ct, pet = Path(ct_path).expanduser(), Path(pet_path).expanduser()
     for name, path in (("CT", ct), ("PET", pet)):
         if not path.exists():
             raise InputError(f"{name} input {path} does not exist; give a NIfTI/NRRD/MHA file or a "
                              f"DICOM series folder")
+    check_distinct_inputs(ct, pet)
     return ct, pet
 
 
@@ -179,7 +182,7 @@ def segment_files(ct_path, pet_path, output, *, report=None, preview=None, model
                  "load": round(t_load, 4), "write": 0.0})
     report_data["warnings"] = list(dict.fromkeys(case.warnings + result.warnings))
     _write_all(plan, result, case, png, report_data, report_json, t, t_all)
-    stages(1.0, f"Done: {len(result.lesions)} lesion(s)")
+    stages(1.0, f"Done: {plural(len(result.lesions), 'lesion')}")
     return result, report_data
 
 

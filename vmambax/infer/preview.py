@@ -16,6 +16,10 @@ PET_MIN_DISPLAY_SUV = 1.0  # below this the fused PET overlay is transparent
 MAX_AXIAL = 3
 MIN_MIP_SLICES = 2  # a coronal MIP of one slice is a line: not drawn
 MAX_PANEL_RATIO = 3.0  # width / height of a panel at most
+# The segmentation's outline: red on the grey MIP, cyan on the axial slices (red would vanish
+# in the fused PET's "hot" colours). The captions name these very colours.
+MIP_OUTLINE = "red"
+AXIAL_OUTLINE = "cyan"
 
 
 def _lps_arrays(ct, pet, label):
@@ -59,6 +63,15 @@ def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
                    title: str | None = None, dpi: int = 110) -> bytes:
     """Return PNG bytes. ``ct``/``pet_suv``/``label`` are SimpleITK images on one grid;
     ``lesions`` are the report's lesion dicts (``id``, ``centroid_mm``, ``suv_max``, ``mtv_ml``)."""
+    fig = preview_figure(ct, pet_suv, label, lesions, title, dpi)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
+    return buf.getvalue()
+
+
+def preview_figure(ct, pet_suv, label, lesions: list[dict] | None = None,
+                   title: str | None = None, dpi: int = 110):
+    """The matplotlib Figure of ``render_preview`` (Agg canvas)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -100,13 +113,13 @@ def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
         ax = fig.add_subplot(grid[0, 0])
         ax.imshow(pet_a.max(axis=1), cmap="gray_r", vmin=0, vmax=vmax, origin="lower",
                   aspect=sz / sx, interpolation="bilinear")
-        _outline(ax, lab_a.max(axis=1), "red", origin="lower", aspect=sz / sx)
+        _outline(ax, lab_a.max(axis=1), MIP_OUTLINE, origin="lower", aspect=sz / sx)
         for z, tag, _ in picks:
             if tag:
                 ax.axhline(z, color="tab:blue", lw=0.6, ls="--")
                 ax.text(ct_a.shape[2] - 1, z, f" {tag}", color="tab:blue", fontsize=7,
                         va="center")
-        ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}), segmentation in red", fontsize=8)
+        ax.set_title(f"PET MIP (SUV 0-{vmax:.0f}), segmentation in {MIP_OUTLINE}", fontsize=8)
         ax.set_axis_off()
 
     for k, (z, _tag, caption) in enumerate(picks):
@@ -117,13 +130,11 @@ def render_preview(ct, pet_suv, label, lesions: list[dict] | None = None,
         overlay = np.ma.masked_less(pet_a[z], max(PET_MIN_DISPLAY_SUV, 0.3 * vmax))
         axk.imshow(overlay, cmap="hot", vmin=0, vmax=vmax, alpha=0.6, aspect=sy / sx,
                    interpolation="bilinear")
-        _outline(axk, lab_a[z], "cyan", origin="upper", aspect=sy / sx)
-        axk.set_title(f"axial slice {z}: {caption}", fontsize=8)
+        _outline(axk, lab_a[z], AXIAL_OUTLINE, origin="upper", aspect=sy / sx)
+        axk.set_title(f"axial slice {z}: {caption}, segmentation in {AXIAL_OUTLINE}", fontsize=8)
         axk.set_axis_off()
 
     fig.suptitle(title or "VMambaX segmentation", fontsize=10)
     fig.text(0.5, 0.01, "Research software - not for clinical use. Patient right on image left.",
              ha="center", fontsize=7, color="gray")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)
-    return buf.getvalue()
+    return fig

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from vmambax.errors import ConfigError, InputError, ModelFileError
+from vmambax.errors import ConfigError, InputError, ModelFileError, VMambaXError
 from vmambax.utils import atomic_path, user_dir
 
 MODELS_DIR_ENV = "VMAMBAX_MODELS_DIR"
@@ -40,6 +40,7 @@ class ModelEntry:
     sha256: str | None = None
     license: str | None = None
     default: bool = False
+    training_data: str | None = None  # e.g. "synthetic phantoms": said whenever it segments
     source: str = "shipped"  # "shipped" or "user"
 
     def local_path(self) -> Path:
@@ -135,6 +136,61 @@ def get_model(name: str) -> ModelEntry:
     known = ", ".join(e.name for e in list_models()) or "none"
     raise ConfigError(f"unknown model {name!r} (registered: {known}); pass a model file path, "
                       f"or register one with `vmambax models add NAME PATH`")
+
+
+#: The notice every segmentation with the shipped demo model carries (summary, report, Slicer).
+DEMO_MODEL_NOTICE = "demo model trained on synthetic phantoms; not for patient data"
+
+
+def entry_with_sha256(sha256: str | None) -> ModelEntry | None:
+    """The registered model whose file has this SHA-256 (a registry model given by its path)."""
+    if not sha256:
+        return None
+    try:
+        models = list_models()
+    except VMambaXError:
+        return None
+    return next((e for e in models if e.sha256 and e.sha256.lower() == sha256.lower()), None)
+
+
+def model_notices(name: str, entry: ModelEntry | None, metadata: dict | None) -> list[str]:
+    """What the user must be told whenever this model segments: a model trained only on
+    synthetic data (the shipped demo model), or one saved without any validation (its accuracy
+    was never measured). One mechanism for every front end: the Segmenter puts these into
+    ``SegmentationResult.warnings``."""
+    metadata = metadata or {}
+    notices = []
+    training = (entry.training_data if entry is not None else None) or metadata.get("training_data")
+    if training and "synthetic" in str(training).lower():
+        if entry is not None and entry.source == "shipped":
+            notices.append(DEMO_MODEL_NOTICE)
+        else:
+            notices.append(f"model {name} was trained on {training} only; not for patient data")
+    if "best_val_dice" in metadata and metadata.get("best_val_dice") is None:
+        notices.append(f"model {name} was saved without any validation (its training stopped "
+                       "before the first validation, or validation was turned off), so its "
+                       "accuracy is unknown; validate it on annotated cases before relying on it")
+    return notices
+
+
+def notices_for(spec: str | os.PathLike, path: Path | None = None, entry: ModelEntry | None = None,
+                metadata: dict | None = None, sha256: str | None = None) -> list[str]:
+    """``model_notices`` of a model given as the user gives it (name, alias or path); what is
+    already known (resolved ``path``/``entry``, the file's ``metadata``, its ``sha256``) is not
+    read again. A registered file given by its path, or copied and registered under another
+    name, is still that model: it is recognised by its SHA-256."""
+    if path is None:
+        path, entry = resolve_model(spec)
+    if metadata is None:
+        from vmambax.model.checkpoint import model_file_info
+
+        try:
+            metadata = model_file_info(path).get("metadata") or {}
+        except (VMambaXError, KeyError, TypeError, AttributeError):  # e.g. an authors' checkpoint
+            metadata = {}
+    sha = sha256 or (entry.sha256 if entry is not None and entry.sha256 else sha256_file(path))
+    name = entry.name if entry is not None else Path(path).name
+    return model_notices(name, entry_with_sha256(sha) or entry, metadata)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -29,6 +29,7 @@ import torch
 from vmambax.errors import Cancelled, ConfigError, InputError, ModelFileError
 from vmambax.infer import devices
 from vmambax.infer.devices import DeviceError
+from vmambax.utils import plural
 
 ProgressFn = Callable[[float, str], None]
 THRESHOLD = 0.5
@@ -68,26 +69,16 @@ def _is_cancelled(cancel) -> bool:
     return bool(cancel() if callable(cancel) else cancel)
 
 
-def _check_preprocessing(pre: dict, path) -> None:
-    """Refuse a model trained with other intensity windows than this VMambaX's preprocessing:
-    it would run, but on inputs scaled differently from its training data (silently wrong)."""
-    from vmambax.data.preprocess import CT_WINDOW_HU, SUV_WINDOW
+def _spec_of(preprocessing: dict, path):
+    """The model file's InputSpec (the papers' when it names none); a spec this VMambaX cannot
+    apply is a ModelFileError naming the file."""
+    from vmambax.data.input_spec import InputSpec
 
-    for key, ours in (("ct_window_hu", CT_WINDOW_HU), ("suv_window", SUV_WINDOW)):
-        theirs = pre.get(key)
-        if theirs is not None and [float(v) for v in theirs] != [float(v) for v in ours]:
-            raise ModelFileError(
-                f"model file {path} was trained with {key} = {list(theirs)}, but this VMambaX "
-                f"preprocesses with {list(ours)}; use a VMambaX version matching the model, or "
-                f"retrain it")
-
-
-def _image_size_of(info: dict, default: int) -> int:
-    pre = info.get("preprocessing") or {}
-    for key in ("image_size", "size"):
-        if key in pre:
-            return int(pre[key])
-    return default
+    try:
+        return InputSpec.from_dict(preprocessing)
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"model file {path} asks for inputs this VMambaX cannot prepare ({exc}); "
+                             "use the VMambaX version the model was trained with, or retrain it") from None
 
 
 class Segmenter:
@@ -107,6 +98,10 @@ class Segmenter:
     channels_last / compile: CUDA speed options (channels-last memory format, ``torch.compile``).
     all_slices: run every axial slice; by default only the slices within ``lung_margin_mm`` of
         the CT's lung field run (a CT without lungs raises ``InputError`` naming this option).
+    spec: the model's inputs (``vmambax.data.input_spec.InputSpec``): CT/PET windows, slice size,
+        neighbouring slices, threshold, test-time flips, post-processing. A model file carries its
+        own (the papers' when it names none); give one for an ``nn.Module``. ``image_size``,
+        ``tta`` and ``postprocess`` override single fields of it.
     """
 
     def __init__(self, model: str | Path | torch.nn.Module = "default", device: str = "auto",
@@ -114,7 +109,8 @@ class Segmenter:
                  progress: ProgressFn | None = None, cancel=None, threads: int | None = None,
                  channels_last: bool | None = None, compile: bool | str = False,
                  keep_probability: bool = False, image_size: int | None = None,
-                 all_slices: bool = False, lung_margin_mm: float | None = None):
+                 all_slices: bool = False, lung_margin_mm: float | None = None,
+                 spec=None, tta: str | None = None, postprocess: str | None = None):
         if batch_size is not None and int(batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.device = devices.resolve_device(device)
@@ -127,10 +123,19 @@ class Segmenter:
         self.lung_margin_mm = lung_margin_mm
         self.amp_dtype = devices.amp_dtype(self.device, amp)
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
-        self.model, self.model_info = self._load_model(model, image_size)
-        self.image_size = int(self.model_info["image_size"])
-        # A model file may carry its own decision threshold (training exports 0.5, as pred.py).
-        self.threshold = float(self.model_info["preprocessing"].get("threshold", THRESHOLD))
+        self.model, self.model_info = self._load_model(model, spec)
+        changes = {k: v for k, v in (("image_size", image_size), ("tta", tta),
+                                     ("postprocess", postprocess)) if v is not None}
+        spec0 = self.model_info.pop("spec")  # the report gets it as the plain preprocessing dict
+        self.spec = spec0.replace(**changes) if changes else spec0
+        self.model_info["preprocessing"] = {**self.model_info["preprocessing"], **self.spec.to_dict()}
+        self.model_info["image_size"] = self.image_size = self.spec.image_size
+        # The model's own decision threshold (training exports 0.5, as pred.py, unless it chose one).
+        self.threshold = self.spec.threshold
+        if self.spec.tta != "none":
+            from vmambax.model.tta import FlipTTA
+
+            self.model = FlipTTA(self.model, self.spec.tta)
         self.batch_size = int(batch_size) if batch_size else devices.default_batch_size(
             self.device, self.image_size)
         self.compiled = False
@@ -140,34 +145,45 @@ class Segmenter:
             mode = compile if isinstance(compile, str) else None
             self.model = torch.compile(self.model, mode=mode, dynamic=False)
             self.compiled = True
-        from vmambax.ops import active_backend
+        from vmambax.ops import active_backend, fallback_note
 
         self.scan_backend = active_backend(self.device)
+        # Said with every result: what the model is not fit for, and a slow fall-back scan.
+        self.notices = list(self.model_info.get("notices") or []) + [
+            n for n in (fallback_note(self.device),) if n]
 
     # -- model --------------------------------------------------------------------------------
-    def _load_model(self, model, image_size):
-        from vmambax.data.preprocess import IMAGE_SIZE
+    def _load_model(self, model, spec):
+        from vmambax.data.input_spec import InputSpec
 
         if isinstance(model, torch.nn.Module):
             name = getattr(model, "config_name", None) or type(model).__name__
             info = {"name": name, "file": None, "sha256": None, "config": name,
-                    "preprocessing": {}, "image_size": image_size or IMAGE_SIZE}
+                    "preprocessing": {}, "spec": spec or InputSpec(), "members": 1, "notices": []}
             net = model
         elif isinstance(model, (str, Path)):
-            from vmambax.infer.registry import resolve_model, sha256_file
+            from vmambax.infer.registry import notices_for, resolve_model, sha256_file
             from vmambax.model.checkpoint import load_model_file
 
             path, entry = resolve_model(model, progress=self._download_progress)
             net, file_info = load_model_file(path, map_location="cpu")
             file_info = dict(file_info or {})
-            info = {"name": entry.name if entry else Path(path).name,
-                    "file": str(path),
-                    "sha256": entry.sha256 if entry and entry.sha256 else sha256_file(path),
+            sha = entry.sha256 if entry and entry.sha256 else sha256_file(path)
+            name = entry.name if entry else Path(path).name
+            metadata = file_info.get("metadata") or {}
+            info = {"name": name, "file": str(path), "sha256": sha,
                     "config": file_info.get("config") or (entry.config if entry else ""),
                     "preprocessing": file_info.get("preprocessing") or {},
-                    "metadata": file_info.get("metadata") or {},
-                    "image_size": image_size or _image_size_of(file_info, IMAGE_SIZE)}
-            _check_preprocessing(info["preprocessing"], path)
+                    "metadata": metadata,
+                    "members": int(file_info.get("members", 1)),
+                    "notices": notices_for(model, path, entry, metadata, sha)}
+            info["spec"] = spec or _spec_of(info["preprocessing"], path)
+            in_chans = getattr(getattr(net, "config", None), "in_chans", None)
+            bad = [c for c in (info["spec"].ct_channels, info["spec"].pet_channels)
+                   if in_chans and c not in (1, in_chans)]
+            if bad:
+                raise ModelFileError(f"model file {path} is inconsistent: its inputs have {bad[0]} "
+                                     f"channels but its network takes 1 or {in_chans}; export it again")
         else:
             raise ConfigError(f"model must be a registry name, a file path or a torch module, "
                               f"not {type(model).__name__}")
@@ -205,7 +221,7 @@ class Segmenter:
         t_resample = time.perf_counter() - t0
         result = self._run(ct, pet_suv)
         result.timings["resample"] = round(t_resample, 4)
-        result.warnings = list(notes)
+        result.warnings = list(dict.fromkeys(list(notes) + self.notices))
         return result
 
     def segment_arrays(self, ct_hu: np.ndarray, pet_suv: np.ndarray,
@@ -236,7 +252,7 @@ class Segmenter:
     def device_name(self) -> str:
         """Device for reports: GPU model, or the CPU thread count used while segmenting."""
         if self.device.type == "cpu" and self.threads:
-            return f"cpu ({self.threads} threads)"
+            return f"cpu ({plural(self.threads, 'thread')})"
         return devices.describe_device(self.device)
 
     # -- engine -------------------------------------------------------------------------------
@@ -251,7 +267,8 @@ class Segmenter:
     def _run(self, ct, pet_suv) -> SegmentationResult:
         """``ct`` and ``pet_suv`` are validated images on one grid."""
         import SimpleITK as sitk
-        from vmambax.data.preprocess import slices_to_volume, volume_to_slices
+        from vmambax.data.preprocess import slices_to_volume
+        from vmambax.data.postprocess import apply_postprocess
 
         timings: dict[str, float] = {}
         t_start = time.perf_counter()
@@ -259,8 +276,9 @@ class Segmenter:
         self._report(0.0, "Preprocessing slices")
         with devices.cpu_threads(self.threads):
             t = time.perf_counter()
-            # Orientation, windowing, pad-to-square and resize: the shared preprocessing.
-            ct_u8, pet_u8, geometry = volume_to_slices(ct, pet_suv, size=self.image_size)
+            # Orientation, windowing, pad-to-square and resize: the shared preprocessing, with the
+            # model's windows (uint8 stacks (z, windows, S, S); context slices gathered per batch).
+            ct_u8, pet_u8, geometry = self.spec.volume_to_stacks(ct, pet_suv)
             timings["preprocess"] = time.perf_counter() - t
             t = time.perf_counter()
             run, selection = self._select_slices(ct, geometry)
@@ -270,9 +288,9 @@ class Segmenter:
             if run is None:
                 prob = self._predict_slices(ct_u8, pet_u8, start=0.05, stop=0.9)
             else:
-                prob = np.zeros(ct_u8.shape, dtype=np.float32)
+                prob = np.zeros((ct_u8.shape[0],) + ct_u8.shape[2:], dtype=np.float32)
                 idx = np.flatnonzero(run)
-                prob[idx] = self._predict_slices(ct_u8[idx], pet_u8[idx], start=0.05, stop=0.9)
+                prob[idx] = self._predict_slices(ct_u8, pet_u8, idx, start=0.05, stop=0.9)
             timings["inference"] = time.perf_counter() - t
 
             self._check_cancel()
@@ -282,7 +300,8 @@ class Segmenter:
             # the CT's own voxels: thresholding after the resize keeps lesion borders sub-pixel.
             prob_native = slices_to_volume(prob, geometry)
             del prob
-            mask = (prob_native > self.threshold).astype(np.uint8)
+            mask = apply_postprocess((prob_native > self.threshold).astype(np.uint8),
+                                     self.spec.postprocess)
             label = sitk.GetImageFromArray(mask)
             label.CopyInformation(ct)
             probability = None
@@ -297,7 +316,7 @@ class Segmenter:
             timings["quantify"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         timings = {k: round(v, 4) for k, v in timings.items()}
-        self._report(1.0, f"Done: {len(lesions)} lesion(s)")
+        self._report(1.0, f"Done: {plural(len(lesions), 'lesion')}")
         return SegmentationResult(
             label=label, probability=probability, lesions=lesions, totals=totals, timings=timings,
             model_name=self.model_info["name"], model=dict(self.model_info),
@@ -322,26 +341,34 @@ class Segmenter:
         return (None if field.n_run == n else field.run), field.summary()
 
     def predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray) -> np.ndarray:
-        """Probabilities for preprocessed uint8 ``(z, S, S)`` stacks (benchmarks, PCLT20K PNGs),
-        with this Segmenter's thread count, batching and out-of-memory back-off."""
+        """Probabilities for preprocessed uint8 stacks (benchmarks, PCLT20K PNGs): ``(z, S, S)``
+        single-window slices or ``volume_to_stacks``' ``(z, windows, S, S)``, with this
+        Segmenter's thread count, batching and out-of-memory back-off."""
+        if ct_u8.ndim == 3:
+            ct_u8, pet_u8 = ct_u8[:, None], pet_u8[:, None]
         with devices.cpu_threads(self.threads):
             return self._predict_slices(ct_u8, pet_u8)
 
-    def _predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray,
+    def _predict_slices(self, ct_u8: np.ndarray, pet_u8: np.ndarray, indices=None,
                         start: float = 0.0, stop: float = 1.0) -> np.ndarray:
-        """Sigmoid probabilities ``(z, S, S)`` for uint8 slice stacks, batch by batch.
+        """Sigmoid probabilities ``(len(indices), S, S)`` for the slices ``indices`` (default
+        all) of uint8 ``(z, windows, S, S)`` stacks, batch by batch; neighbouring slices for the
+        model's context come from the whole stacks.
 
         Out-of-memory halves the batch and retries the same slices; the smaller size is kept for
         the rest of the volume and later calls.
         """
-        n = ct_u8.shape[0]
-        prob = np.empty(ct_u8.shape, dtype=np.float32)
+        indices = np.arange(ct_u8.shape[0]) if indices is None else np.asarray(indices)
+        n = len(indices)
+        prob = np.empty((n,) + ct_u8.shape[2:], dtype=np.float32)
         i = 0
         while i < n:
             self._check_cancel()
             bs = min(self.batch_size, n - i)
+            rows = indices[i:i + bs]
             try:
-                prob[i:i + bs] = self._forward(ct_u8[i:i + bs], pet_u8[i:i + bs])
+                prob[i:i + bs] = self._forward(self.spec.gather(ct_u8, rows),
+                                               self.spec.gather(pet_u8, rows))
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not devices.is_out_of_memory(exc):
                     raise
@@ -359,7 +386,7 @@ class Segmenter:
         return prob
 
     def _forward(self, ct_u8: np.ndarray, pet_u8: np.ndarray) -> np.ndarray:
-        """One batch: uint8 (b, S, S) stacks -> float32 probabilities (b, S, S)."""
+        """One batch: uint8 (b, C, S, S) network channels -> float32 probabilities (b, S, S)."""
         from vmambax.data.preprocess import normalize_uint8
 
         b = ct_u8.shape[0]
@@ -371,7 +398,7 @@ class Segmenter:
             x = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, non_blocking=True)
             if pad:
                 x = torch.cat([x, x.new_zeros((pad,) + tuple(x.shape[1:]))])
-            x = normalize_uint8(x.unsqueeze(1).float())  # uint8 over the bus, float on device
+            x = normalize_uint8(x.float())  # uint8 over the bus, float on device
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             tensors.append(x)

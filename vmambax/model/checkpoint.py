@@ -35,7 +35,10 @@ from vmambax.model.reference_keys import (from_reference_state_dict, is_referenc
 from vmambax.utils import atomic_path, torch_save
 
 FORMAT = "vmambax-model"
-FORMAT_VERSION = 1
+#: Version 1: one network with the papers' inputs (older VMambaX reads it). Version 2 adds
+#: ensembles (``members``) and model-defined inputs (``InputSpec``: windows, context, test-time
+#: flips, post-processing); older readers refuse it instead of feeding it the wrong inputs.
+FORMAT_VERSION = 2
 _PLAIN = (str, int, float, bool, type(None))
 # The only class allowed beyond weights-only types: the authors' hyper-parameters / args.
 REFERENCE_SAFE_GLOBALS = (argparse.Namespace,)
@@ -62,24 +65,45 @@ def _check_plain(value, where: str):
                       "bools, None, lists and dicts.")
 
 
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _file_version(preprocessing: dict, ensemble: bool) -> int:
+    """1 when an older VMambaX reads the file correctly (one network, the papers' inputs)."""
+    from vmambax.data.input_spec import InputSpec
+
+    spec = InputSpec.from_dict(preprocessing)
+    plain = spec.is_paper and spec.tta == "none" and spec.postprocess == "none"
+    return 1 if plain and not ensemble else FORMAT_VERSION
+
+
 def save_model_file(path, model: nn.Module, *, config_name: str, preprocessing: dict,
                     metadata: dict) -> Path:
     """Write ``model`` (atomically) with its config name, the config fields in which it differs
-    from that named config, and the preprocessing/metadata dicts (plain types only)."""
+    from that named config, and the preprocessing/metadata dicts (plain types only).
+
+    An ``Ensemble`` is stored as its members' weights (``members``; ``state_dict`` is the first
+    member's, the same tensors, so they are stored once)."""
+    from vmambax.model.ensemble import Ensemble
+
     config = getattr(model, "config", None)
     if config is None:
         raise ConfigError("save_model_file needs a VMambaX model (built with build_model).")
     overrides = config_overrides(config_name, config)
     overrides.pop("pretrained_encoder", None)  # the weights are in the file
+    members = [_cpu_state(m) for m in model.members] if isinstance(model, Ensemble) else None
     payload = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": _file_version(preprocessing, members is not None),
         "config": config_name,
         "config_overrides": _check_plain(overrides, "config_overrides"),
         "preprocessing": _check_plain(dict(preprocessing), "preprocessing"),
         "metadata": _check_plain(dict(metadata), "metadata"),
-        "state_dict": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
+        "state_dict": members[0] if members else _cpu_state(model),
     }
+    if members:
+        payload["members"] = members
     path = Path(os.fspath(path)).expanduser()
     with atomic_path(path) as tmp:
         torch_save(payload, tmp)
@@ -132,7 +156,8 @@ def model_file_info(path) -> dict:
     """The file's format, config, overrides, preprocessing, metadata and parameter count, without
     building the model."""
     obj = _read(path, mmap=True)
-    info = {k: v for k, v in obj.items() if k != "state_dict"}
+    info = {k: v for k, v in obj.items() if k not in ("state_dict", "members")}
+    info["members"] = len(obj.get("members") or [None])
     info["num_parameters"] = int(sum(v.numel() for k, v in obj["state_dict"].items()
                                      if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))))
     return info
@@ -205,15 +230,36 @@ def _drop_unused(state: dict, cfg, name: str) -> tuple[dict, list[str], list[str
                            f"{len(dropped)} tensors (e.g. {', '.join(dropped[:3])})."]
 
 
+def _build_with(path, name: str, cfg, state: dict, original: dict):
+    """A VMambaX of ``cfg`` holding ``state``; ModelFileError naming the misfits otherwise."""
+    from vmambax.model.network import VMambaX
+
+    model = VMambaX(cfg)
+    model.config_name = name
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        fits = [n for n in _matching_configs(original) if n != name]
+        hint = f" It looks like a '{fits[0]}' model." if fits else ""
+        details = "; ".join(f"{len(v)} {what} (e.g. {v[0]})" for what, v in
+                            (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", wrong)) if v)
+        raise ModelFileError(f"the weights in {path} do not fit configuration '{name}': {details}.{hint} "
+                             "Pick the configuration the model was trained with.")
+    model.load_state_dict(state)
+    return model
+
+
 def load_model_file(path, map_location="cpu", config: str | None = None, warn: bool = True):
     """-> (model in eval mode, info dict). ``config`` names the config of a reference checkpoint
     (recognised from its weights when omitted) or overrides a model file's own.
 
     ``info["warnings"]`` lists what the user must hear (a guessed configuration, dropped unused
-    weights); with ``warn`` they are also issued as ``ReferenceCheckpointWarning``.
+    weights); with ``warn`` they are also issued as ``ReferenceCheckpointWarning``. An ensemble
+    file gives an ``Ensemble`` of its members (``info["members"]`` counts them).
     """
-    from vmambax.model.network import VMambaX
-
     obj = _read(path, map_location=map_location)
     state = obj["state_dict"]
     reference = obj["format"] == "reference"
@@ -230,29 +276,28 @@ def load_model_file(path, map_location="cpu", config: str | None = None, warn: b
     if reference:
         state, dropped, more = _drop_unused(state, cfg, name)
         messages += more
-    model = VMambaX(cfg)
+    members = obj.get("members") if not reference else None
+    if members is not None and (not isinstance(members, list) or len(members) < 2
+                                or not all(isinstance(m, dict) for m in members)):
+        raise ModelFileError(f"{path} is a damaged VMambaX ensemble file (its members are not a list "
+                             "of at least two weight sets); export it again.")
+    nets = [_build_with(path, name, cfg, sd, obj["state_dict"]) for sd in (members or [state])]
+    if len(nets) > 1:
+        from vmambax.model.ensemble import Ensemble
+
+        model = Ensemble(nets)
+    else:
+        model = nets[0]
     model.config_name = name
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        fits = [n for n in _matching_configs(obj["state_dict"]) if n != name]
-        hint = f" It looks like a '{fits[0]}' model." if fits else ""
-        details = "; ".join(f"{len(v)} {what} (e.g. {v[0]})" for what, v in
-                            (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", wrong)) if v)
-        raise ModelFileError(f"the weights in {path} do not fit configuration '{name}': {details}.{hint} "
-                             "Pick the configuration the model was trained with.")
-    model.load_state_dict(state)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     model.eval()
     if warn:
         for message in messages:
             warnings.warn(message, ReferenceCheckpointWarning, stacklevel=2)
-    info = {k: v for k, v in obj.items() if k != "state_dict"}
-    info.update(config=name, path=str(path), warnings=messages, notes=notes, dropped=dropped)
+    info = {k: v for k, v in obj.items() if k not in ("state_dict", "members")}
+    info.update(config=name, path=str(path), warnings=messages, notes=notes, dropped=dropped,
+                members=len(members) if members else 1)
     if overrides and reference:
         info["config_overrides"] = overrides
     return model, info

@@ -21,7 +21,7 @@ class VMambaX(nn.Module):
     """``model(ct, pet) -> logits (B, 1, H, W)``.
 
     ``ct`` and ``pet`` are normalised slices (``v/255*3.2-1.6``) of shape (B, 1, H, W) or
-    (B, 3, H, W), H == W a multiple of 128 (``cipa``: exactly ``config.img_size``). 1-channel
+    (B, in_chans, H, W) each (e.g. 3 CT windows and 1 PET channel), H == W a multiple of 128 (``cipa``: exactly ``config.img_size``). 1-channel
     inputs are repeated to 3 channels, as the reference does, so the 3-channel patch embedding of
     ImageNet and the authors' checkpoints loads unchanged (repeating the input is the same as
     summing the kernel over its input channels). The encoder is Siamese: one set of weights, run
@@ -52,9 +52,10 @@ class VMambaX(nn.Module):
             if t.dim() != 4 or t.shape[1] not in (1, self.config.in_chans):
                 raise InputError(f"{name} must have shape (batch, 1, H, W) or (batch, "
                                  f"{self.config.in_chans}, H, W); got {tuple(t.shape)}.")
-        if ct.shape != pet.shape:
-            raise InputError(f"ct and pet must have the same shape (co-registered slices on one grid); "
-                             f"got {tuple(ct.shape)} and {tuple(pet.shape)}. Resample PET onto the CT grid.")
+        if ct.shape[0] != pet.shape[0] or ct.shape[-2:] != pet.shape[-2:]:
+            raise InputError(f"ct and pet must have the same batch and slice size (co-registered slices "
+                             f"on one grid); got {tuple(ct.shape)} and {tuple(pet.shape)}. Resample PET "
+                             f"onto the CT grid.")
         h, w = ct.shape[-2:]
         if h != w or h % SIZE_MULTIPLE or h == 0:
             raise InputError(f"slices must be square with a side that is a multiple of {SIZE_MULTIPLE} "
@@ -77,9 +78,10 @@ class VMambaX(nn.Module):
         self.check_inputs(ct, pet)
         size = ct.shape[-2:]
         b = ct.shape[0]
-        x = torch.cat([ct, pet], dim=0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, self.config.in_chans, -1, -1)
+        # Each input may have 1 channel (repeated, as the reference does) or in_chans (e.g.
+        # several CT windows; vmambax.data.input_spec): the shared encoder takes both as one batch.
+        n = self.config.in_chans
+        x = torch.cat([t if t.shape[1] == n else t.expand(-1, n, -1, -1) for t in (ct, pet)], dim=0)
         feats = self.encoder(x)
         fused = [self.fuse(i, f[:b], f[b:]) for i, f in enumerate(feats)]
         logits = self.decoder(fused)

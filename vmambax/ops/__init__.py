@@ -5,6 +5,7 @@ from vmambax.ops.selective_scan import (  # noqa: F401
     ENV_VAR,
     active_backend,
     available_backends,
+    fallback_note,
     selective_scan,
     unavailable_reasons,
 )

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE_DIR = Path(__file__).resolve().parent / "_native"
+ENV_LIB = "VMAMBAX_NATIVE_LIB"  # the loader takes this file instead (vmambax.ops.native)
 SOURCES = ("scan.c",)
 # -O3 for gcc's loop vectoriser; -fopenmp-simd honours the kernels' `omp simd` pragmas without an
 # OpenMP runtime; fp-contract=fast lets FMA machines fuse multiply-adds. Never -ffast-math.
@@ -116,14 +117,39 @@ def build(out_dir: str | os.PathLike | None = None, extra_flags=()) -> Path:
         try:
             shutil.copy2(staged, temporary)
             os.replace(temporary, target)
-        except OSError as exc:  # Windows: the old library is loaded by a running Python or Slicer
+        except OSError as exc:
             try:
                 temporary.unlink(missing_ok=True)
             except OSError:
                 pass
-            raise BuildError(f"cannot write {target} ({exc}); close the programs that use vmambax "
-                             f"and build again") from exc
+            raise BuildError(f"cannot write {target}: {os_problem(target, exc)}") from exc
     return target
+
+
+def os_problem(target: Path, exc: OSError) -> str:
+    """Why the library could not be put at ``target`` and the fix that fits the error (a full
+    disk, a read-only or unwritable folder; on Windows a DLL in use)."""
+    import errno
+
+    code = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+    if exc.filename and str(exc.filename) != str(target):
+        reason += f" ({exc.filename})"
+    folder = target.parent
+    elsewhere = (f"build it into a writable folder with `python -m vmambax.ops.build_native "
+                 f"--out-dir DIR` and set {ENV_LIB}=DIR/{target.name}")
+    if exc.errno == errno.ENOSPC or exc.errno == getattr(errno, "EDQUOT", None):
+        fix = f"free some space on the disk holding {folder}, or {elsewhere}"
+    elif exc.errno == errno.EROFS:
+        fix = f"{folder} is on a read-only file system; {elsewhere}"
+    elif sys.platform.startswith("win") and target.exists() and exc.errno in (errno.EACCES, errno.EPERM):
+        # Windows refuses to replace a DLL that a running program has loaded.
+        fix = "close the programs that use vmambax (Python, 3D Slicer) and build again"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = f"{folder} is not writable for you; {elsewhere}"
+    else:
+        fix = elsewhere
+    return f"{reason}; {fix}"
 
 
 def _check_loads(path: Path) -> None:
@@ -149,19 +175,25 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:  # e.g. the output folder cannot be made, the disk is full
-            where = args.out_dir or SOURCE_DIR
-            print(f"error: cannot build the native library into {where}: {exc.strerror or exc}"
-                  + (f" ({exc.filename})" if exc.filename else "")
-                  + "; choose a writable folder with --out-dir", file=sys.stderr)
+            where = Path(args.out_dir) if args.out_dir else SOURCE_DIR
+            print(f"error: cannot build the native library into {where}: "
+                  f"{os_problem(where / library_name(), exc)}", file=sys.stderr)
             return 2
         print(f"built {path}")
         if args.out_dir:
+            if os.environ.get(ENV_LIB, "").strip():
+                return 0
+            print(f"note: vmambax loads it when {ENV_LIB}={path} is set")
             return 0
     from vmambax.ops import native
 
     reason = native.unavailable_reason()
     if reason:
         print(f"native backend: not available: {reason}")
+        return 2
+    isa = native.isa_problem()
+    if isa:
+        print(f"native backend: loads, but {isa}")
         return 2
     print(f"native backend: loads ({native.describe()})")
     return 0

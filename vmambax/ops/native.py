@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-ENV_LIB = "VMAMBAX_NATIVE_LIB"
-ENV_ISA = "VMAMBAX_NATIVE_ISA"  # "baseline" forces the portable kernels (tests compare both)
+from vmambax.ops.build_native import ENV_LIB  # noqa: E402 - one name for the loader and the builder
+
+ENV_ISA = "VMAMBAX_NATIVE_ISA"  # "baseline" forces the portable kernels (tests compare both); see ISA_CODES
 ABI_VERSION = 2
 # Channel-steps x states per thread below which extra threads cost more than they save.
 _MIN_WORK_PER_THREAD = 1 << 18
@@ -43,22 +44,34 @@ def library_path() -> Path:
     return Path(env).expanduser().resolve() if env else (SOURCE_DIR / library_name()).resolve()
 
 
+def _from_env() -> str | None:
+    return os.environ.get(ENV_LIB, "").strip() or None
+
+
 @functools.lru_cache(maxsize=None)
-def _load_path(path: str):
-    """``(library, None)`` or ``(None, reason)`` for one file; loaded once per process."""
+def _load_path(path: str, from_env: str | None = None):
+    """``(library, None)`` or ``(None, reason)`` for one file; loaded once per process.
+    ``from_env``: the value of VMAMBAX_NATIVE_LIB the path came from (named in the reasons:
+    rebuilding cannot fix a variable that points at the wrong file)."""
+    if from_env is not None:
+        where = f"{ENV_LIB}={from_env} (the file {path})"
+        fix = (f"point {ENV_LIB} at a library built by `python -m vmambax.ops.build_native "
+               f"--out-dir DIR`, or unset it to use the one installed with vmambax")
+    else:
+        where = f"the compiled library {path}"
+        fix = "build it with `python -m vmambax.ops.build_native`"
     if not os.path.isfile(path):
-        return None, (f"the compiled library {path} is missing (no C compiler at install time?); "
-                      f"build it with `python -m vmambax.ops.build_native`")
+        missing = "does not exist" if from_env is not None else "is missing (no C compiler at install time?)"
+        return None, f"{where} {missing}; {fix}"
     try:
         lib = ctypes.CDLL(path)
         lib.vmx_scan_abi_version.restype = _INT
         version = lib.vmx_scan_abi_version()
     except (OSError, AttributeError) as exc:
-        return None, (f"the compiled library {path} does not load ({exc}); rebuild it with "
-                      f"`python -m vmambax.ops.build_native`")
+        return None, f"{where} does not load ({exc}); {fix.replace('build it', 'rebuild it')}"
     if version != ABI_VERSION:
-        return None, (f"the compiled library {path} is version {version}, this vmambax needs "
-                      f"{ABI_VERSION}; rebuild it with `python -m vmambax.ops.build_native`")
+        return None, (f"{where} is version {version}, this vmambax needs {ABI_VERSION}; "
+                      f"{fix.replace('build it', 'rebuild it')}")
     lib.vmx_scan_exp.restype = None
     lib.vmx_scan_exp.argtypes = [_P, _P, _I64, _INT]
     lib.vmx_scan_isa.restype = ctypes.c_char_p
@@ -71,7 +84,7 @@ def _load_path(path: str):
 
 
 def _load():
-    return _load_path(str(library_path()))
+    return _load_path(str(library_path()), _from_env())
 
 
 def unavailable_reason(device: torch.device | str | None = None) -> str | None:
@@ -81,8 +94,46 @@ def unavailable_reason(device: torch.device | str | None = None) -> str | None:
     return _load()[1]
 
 
+#: VMAMBAX_NATIVE_ISA values: the kernels' code in the C library (-1: the best this CPU runs).
+ISA_CODES = {"auto": -1, "baseline": 0, "avx2": 1, "avx2+fma": 1}
+
+
+def _isa_setting() -> str:
+    return os.environ.get(ENV_ISA, "").strip().lower() or "auto"
+
+
+def supported_isas() -> list[str]:
+    """The instruction sets the library's kernels can use on this CPU ("baseline" always)."""
+    lib = _load()[0]
+    found = ["baseline"]
+    if lib is not None and lib.vmx_scan_isa(1).decode() == "avx2+fma":
+        found.append("avx2+fma")
+    return found
+
+
+def isa_problem() -> str | None:
+    """Why ``VMAMBAX_NATIVE_ISA`` cannot be honoured (None when it can): an unknown value, or an
+    instruction set this CPU (or this build of the library) does not have. The kernels would
+    otherwise fall back to the baseline without a word."""
+    value = _isa_setting()
+    if value not in ISA_CODES:
+        return (f"{ENV_ISA}={os.environ.get(ENV_ISA, '').strip()!r} is not one of "
+                f"{', '.join(sorted(ISA_CODES))}; set one of these, or unset it (auto: the best "
+                f"this CPU runs)")
+    if ISA_CODES[value] == 1 and _load()[0] is not None and "avx2+fma" not in supported_isas():
+        return (f"{ENV_ISA}={value} asks for AVX2+FMA kernels, which this CPU (or this build of "
+                f"the library) does not have; it runs: {', '.join(supported_isas())}. Unset "
+                f"{ENV_ISA} or set it to baseline")
+    return None
+
+
 def _isa_code() -> int:
-    return 0 if os.environ.get(ENV_ISA, "").strip().lower() == "baseline" else -1
+    problem = isa_problem()
+    if problem:
+        from vmambax.errors import ConfigError
+
+        raise ConfigError(problem)
+    return ISA_CODES[_isa_setting()]
 
 
 def describe() -> str:
@@ -90,6 +141,9 @@ def describe() -> str:
     lib, reason = _load()
     if lib is None:
         return f"unavailable: {reason}"
+    problem = isa_problem()
+    if problem:
+        return f"{library_path()}; {problem}"
     return f"{library_path()}, {lib.vmx_scan_isa(_isa_code()).decode()} kernels"
 
 

@@ -93,10 +93,32 @@ def _resolve(backend: str | None, device: torch.device) -> str:
     return name
 
 
+def _checked(name: str) -> str:
+    """``name``, after refusing a VMAMBAX_NATIVE_ISA the native kernels cannot honour."""
+    problem = native.isa_problem() if name == "native" else None
+    if problem:
+        raise ConfigError(problem)
+    return name
+
+
+def fallback_note(device: torch.device | str | None = None) -> str | None:
+    """What the user should be told when ``auto`` fell back to the slower ``chunked`` scan on
+    this device because its fast backend is missing (None otherwise): on a CPU the native
+    library is several times faster, so its absence is worth a warning, not only "scan: chunked"."""
+    device = torch.device(device) if device is not None else _default_device()
+    if _requested(None)[0] != "auto" or device.type != "cpu":
+        return None
+    reason = native.unavailable_reason(device)
+    if reason is None:
+        return None
+    return (f"the native CPU selective scan is not available, so the slower chunked scan runs "
+            f"(several times slower): {reason}")
+
+
 def active_backend(device: torch.device | str | None = None) -> str:
     """The backend ``selective_scan`` uses for tensors on ``device`` (default: CUDA if available,
     else CPU), honouring ``VMAMBAX_SCAN_BACKEND``."""
-    return _resolve(None, torch.device(device) if device is not None else _default_device())
+    return _checked(_resolve(None, torch.device(device) if device is not None else _default_device()))
 
 
 def _check(u, delta, A, B, C, D, delta_bias):

@@ -104,6 +104,9 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     thickness = float(r_grid.uniform(2.5, 3.3))
     extent = float(extent_mm if extent_mm is not None else r_grid.uniform(200.0, 250.0))
     below = float(r_grid.uniform(35.0, 55.0))  # CT starts this far below the right dome
+    # The thorax phantom's CT range (default slices): a whole-body study places its tumours in
+    # it, so that it holds the same thorax, tumours included, as the thorax case of its seed.
+    thorax_zr = (-below, -below + max(int(round(extent / thickness)), 2) * thickness)
     marks = None
     if whole_body:
         from vmambax.phantom import body as phantom_body
@@ -142,7 +145,7 @@ def make_phantom(seed: int, size: int = 512, n_slices: int | None = None, extent
     segs = anat.vessel_tree(p, helpers["mediastinum"], helpers["lung"], r_anat)
     ct_zr = (ct_grid.origin[2] - dz / 2, ct_grid.origin[2] + (nz - 0.5) * dz)
     n_t = int(r_count.integers(t_range[0], t_range[1] + 1))
-    tumours = place_tumours(p, helpers, r_lesion, n_t, ct_zr)
+    tumours = place_tumours(p, helpers, r_lesion, n_t, thorax_zr if whole_body else ct_zr)
     confounders = place_confounders(p, helpers, tumours, r_lesion)
 
     def layers(min_vessel_radius: float):

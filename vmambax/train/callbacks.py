@@ -64,10 +64,12 @@ class ProgressWriter:
     The Slicer training module tails the file; see docs/ARCHITECTURE.md for the schema.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, stdout: bool = False, rank: int = 0):
+    def __init__(self, path: str | os.PathLike | None = None, stdout: bool = False, rank: int = 0,
+                 tags: dict | None = None):
         self.path = Path(path) if path else None
         self.stdout = stdout
         self.rank = rank
+        self.tags = dict(tags or {})  # fields on every event (cross-validation: {"fold": k})
         self._file: TextIO | None = None
         self._failed = False
         self._started = False
@@ -80,7 +82,7 @@ class ProgressWriter:
         / at close when the run never starts."""
         if self.rank != 0:
             return
-        record = {"event": event, "time": round(time.time(), 3), **fields}
+        record = {"event": event, "time": round(time.time(), 3), **self.tags, **fields}
         if event == "warning" and not self._started:
             self._held.append(record)
             return
@@ -90,6 +92,11 @@ class ProgressWriter:
         if event == "start":
             self._started = True
             self._flush_held()
+
+    @property
+    def started(self) -> bool:
+        """Has the run's ``start`` event been written (training began)?"""
+        return self._started
 
     def _flush_held(self) -> None:
         held, self._held = self._held, []
@@ -145,8 +152,10 @@ class ProgressStream(Callback):
     """Emits start / step (throttled) / epoch events. done/stopped/error come from the runner."""
 
     def __init__(self, writer: ProgressWriter, every_s: float = 2.0, every_steps: int = 50,
-                 start_info: dict | None = None, stopping: Callable[[], bool] = lambda: False):
+                 start_info: dict | None = None, stopping: Callable[[], bool] = lambda: False,
+                 monitor: str = "val_dice"):
         self.writer, self.every_s, self.every_steps = writer, every_s, every_steps
+        self.monitor = monitor
         self.stopping = stopping
         self.start_info = start_info or {}
         self._t0 = self._last_emit = 0.0
@@ -208,8 +217,9 @@ class ProgressStream(Callback):
         rec: dict[str, Any] = {}
         if getattr(pl_module, "last_val_epoch", None) == trainer.current_epoch:  # validated now
             rec = {k: _finite(v) for k, v in pl_module.last_val.items() if k != "val_images"}
-            if rec.get("val_dice") is not None:
-                self.best = rec["val_dice"] if self.best is None else max(self.best, rec["val_dice"])
+            score = rec.get(self.monitor)
+            if score is not None:
+                self.best = score if self.best is None else max(self.best, score)
         if "train_loss_epoch" in m:
             rec["train_loss"] = _finite(float(m["train_loss_epoch"]))
         self.writer.emit("epoch", epoch=trainer.current_epoch, step=trainer.global_step,

@@ -57,7 +57,7 @@ class TrainConfig:
     devices: int | str = "auto"
     nodes: int = 1
     strategy: str = "auto"
-    num_workers: int = 4
+    num_workers: int | str = "auto"  # "auto": what the machine has (loader_workers)
     seed: int = 42
     deterministic: bool = False
 
@@ -66,6 +66,29 @@ class TrainConfig:
     limit_val_batches: int | float | None = None
     pretrained_encoder: str | None = None
     resume: str | None = None
+
+    # Inputs and outputs of the model (vmambax.data.input_spec.InputSpec; stored in model.pt).
+    # None = the papers' single windows: CT [-1200, -200] HU, PET [0, 15] SUV.
+    ct_windows: list | None = None  # [[low, high], ...] HU, one CT channel each
+    suv_windows: list | None = None  # [[low, high], ...] SUV, one PET channel each
+    context_slices: int = 0  # neighbouring slices a side as extra channels (volume cases)
+    threshold: float = 0.5
+    tta: str = "none"  # test-time flips the model file asks for: none | hflip | hvflip
+    postprocess: str = "none"  # none | largest | auto (chosen on the validation cases)
+    # Recipe extras beyond the paper's.
+    recipe: str = "paper"  # the named recipe the defaults came from (vmambax.train.recipes)
+    augmentation: str = "paper"  # vmambax.train.augment.PRESETS (augment=False means "none")
+    loss: str = "bce+dice"  # vmambax.train.loss.LOSSES
+    warmup_fraction: float = 0.0  # linear warm-up as a share of all steps (overrides warmup_epochs)
+    # Train to a time budget (minutes, everything included): steps, validation points and the
+    # cosine are fitted to a measured step rate (vmambax.train.budget).
+    time_budget: float | None = None
+    init: str | None = None  # start from this model's weights (registry name, model file, checkpoint)
+    folds: int | None = None  # K-fold cross-validation (vmambax.train.crossval)
+    # Set by cross-validation for each fold's run: explicit case lists and the shared export.
+    train_cases: list | None = None
+    val_cases: list | None = None
+    data_dir: str | None = None  # the volume export folder (default RUN_DIR/data)
 
     progress_file: str | None = None  # None = <out>/progress.jsonl
     progress_stdout: bool = False
@@ -105,6 +128,32 @@ class TrainConfig:
     @property
     def stop_path(self) -> Path:
         return Path(self.stop_file) if self.stop_file else self.out_dir / "STOP"
+
+    def input_spec(self, image_size: int | None = None):
+        """The model's InputSpec for this run (slice size: the data's, given by the caller)."""
+        from vmambax.data.input_spec import PAPER, InputSpec
+
+        return InputSpec(ct_windows=self.ct_windows or PAPER.ct_windows,
+                         suv_windows=self.suv_windows or PAPER.suv_windows,
+                         image_size=int(image_size or self.image_size or PAPER.image_size),
+                         context=self.context_slices, threshold=self.threshold, tta=self.tta,
+                         postprocess="none" if self.postprocess == "auto" else self.postprocess)
+
+    @property
+    def augmentation_name(self) -> str:
+        return self.augmentation if self.augment else "none"
+
+    def loader_workers(self, processes_per_node: int = 1) -> int:
+        """Data-loader workers per process: the given count, or for "auto" what the machine
+        has: one CPU per process stays for training itself, at most 4 workers (a fixed 4 on a
+        2-core machine oversubscribed it, and the DataLoader warned about it on every run)."""
+        if self.num_workers != "auto":
+            return int(self.num_workers)
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):  # macOS, Windows
+            cpus = os.cpu_count() or 1
+        return max(0, min(4, cpus // max(int(processes_per_node), 1) - 1))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -159,8 +208,10 @@ class TrainConfig:
              or (isinstance(self.devices, str) and self.devices.replace(",", "").isdigit()),
              f"--devices must be 'auto', a count >= 1 or a list like '0,1' (got {self.devices!r}).")
         need(isinstance(self.nodes, int) and self.nodes >= 1, f"--nodes must be >= 1 (got {self.nodes!r}).")
-        need(isinstance(self.num_workers, int) and self.num_workers >= 0,
-             f"--num-workers must be >= 0 (got {self.num_workers!r}).")
+        need(self.num_workers == "auto" or (isinstance(self.num_workers, int)
+                                            and not isinstance(self.num_workers, bool)
+                                            and self.num_workers >= 0),
+             f"--num-workers must be 'auto' or a count >= 0 (got {self.num_workers!r}).")
         need(self.max_steps is None or self.max_steps >= 1, "--max-steps must be >= 1.")
         for name in ("limit_train_batches", "limit_val_batches"):
             v = getattr(self, name)
@@ -172,6 +223,27 @@ class TrainConfig:
              f"{self.checkpoint_every!r}).")
         need(isinstance(self.min_positive_slices, int) and self.min_positive_slices >= 1,
              f"--min-positive-slices must be a whole number >= 1 (got {self.min_positive_slices!r}).")
+        need(isinstance(self.context_slices, int) and 0 <= self.context_slices <= 3,
+             f"--context-slices must be 0..3 (got {self.context_slices!r}).")
+        need(0 < self.threshold < 1, f"--threshold must lie in (0, 1) (got {self.threshold!r}).")
+        need(self.tta in ("none", "hflip", "hvflip"),
+             f"--tta must be none, hflip or hvflip (got {self.tta!r}).")
+        need(self.postprocess in ("none", "largest", "auto"),
+             f"--postprocess must be none, largest or auto (got {self.postprocess!r}).")
+        need(0 <= self.warmup_fraction < 0.5,
+             f"--warmup-fraction must be in [0, 0.5) (got {self.warmup_fraction!r}).")
+        need(self.time_budget is None or (isinstance(self.time_budget, (int, float))
+                                          and self.time_budget >= 1),
+             f"--time-budget must be a number of minutes >= 1 (got {self.time_budget!r}).")
+        need(self.folds is None or (isinstance(self.folds, int) and 2 <= self.folds <= 20),
+             f"--folds must be a whole number from 2 to 20 (got {self.folds!r}).")
+        from vmambax.train.augment import PRESETS
+        from vmambax.train.loss import LOSSES
+
+        need(self.augmentation in PRESETS, f"--augmentation must be one of {', '.join(PRESETS)} "
+             f"(got {self.augmentation!r}).")
+        need(self.loss in LOSSES, f"--loss must be one of {', '.join(LOSSES)} (got {self.loss!r}).")
+        self.input_spec()  # windows and channel counts the network can take (ConfigError)
         if self.pretrained_encoder is not None:
             need(os.path.isfile(self.pretrained_encoder),
                  f"--pretrained-encoder {self.pretrained_encoder!r} does not exist; give the path of a "

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vmambax.errors import InputError
-from vmambax.train.augment import augment, random_crop, sample_generator
+from vmambax.train.augment import Augmentation, augment, get_augmentation, random_crop, sample_generator
 from vmambax.train.sampler import ShardedSampler
 
 # ---------------------------------------------------------------------------- data discovery
@@ -67,26 +67,28 @@ def export_info(root: Path) -> dict:
         return {}
 
 
-def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: float = 0.1,
-                      seed: int = 42, export: bool = True, wait_s: float = 3600.0,
-                      image_size: int | None = None,
-                      negatives_per_positive: float = 1.0, resumed: bool = False,
-                      notes: list[str] | None = None) -> tuple[Path, str]:
-    """Return (PCLT root to train on, kind) where kind is "pclt" or "volumes".
+def prepare_data_root(data: str | Path, run_dir: str | Path, *, spec=None, export: bool = True,
+                      wait_s: float = 3600.0, image_size: int | None = None,
+                      data_dir: str | Path | None = None, resumed: bool = False,
+                      notes: list[str] | None = None, progress=None) -> tuple[Path, str]:
+    """Return (root to train on, kind) where kind is "pclt" (a PCLT20K-layout folder, used as
+    it is) or "volumes" (a volume export, ``vmambax.data.volume_export``).
 
-    Volume case folders are exported to ``run_dir/data`` (atomically, every file verified, by
-    the exporter), keyed to their source (``source_key``: the case files' paths, sizes and
-    mtimes and the export settings, recorded in export.json). A new run re-exports when the key
-    differs, so an export left by a run refused for bad data is never reused once the cases are
-    fixed; a resumed run keeps its export so its splits cannot change under it (with a note in
-    ``notes`` when the source changed since). Processes with ``export=False`` (ranks > 0 of a
-    torchrun/SLURM job) wait for rank 0's export of this key instead.
+    Volume case folders are exported to ``data_dir`` (default ``run_dir/data``; atomically,
+    every file verified) with the model's input windows and slice size (``spec``; default the
+    papers' at ``image_size``), keyed to their source (``source_key``: the case files' paths,
+    sizes and mtimes and the export settings, recorded in export.json). A new run re-exports
+    when the key differs, so an export left by a run refused for bad data is never reused once
+    the cases are fixed; a resumed run keeps its export so its splits cannot change under it
+    (with a note in ``notes`` when the source changed since). Processes with ``export=False``
+    (ranks > 0 of a torchrun/SLURM job) wait for rank 0's export of this key instead.
     """
     data = check_data_path(data)
     if is_pclt_root(data):
         return data, "pclt"
     from vmambax.data import pclt_export
-    from vmambax.data.preprocess import IMAGE_SIZE
+    from vmambax.data.input_spec import InputSpec
+    from vmambax.data.volume_export import export_volume_cases, is_volume_export
 
     try:
         folders = pclt_export.find_case_folders(data)
@@ -94,11 +96,12 @@ def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: fl
         raise InputError(
             f"{str(data)!r} is not a PCLT20K-layout folder (no train.txt), and as a folder of volume "
             f"cases: {exc} Make synthetic cases with `vmambax phantom --out DIR`.") from None
-    exported = Path(run_dir) / "data"
-    size = image_size or IMAGE_SIZE
-    key = source_key(data, folders, {"image_size": size, "val_fraction": val_fraction, "seed": seed,
-                                     "negatives_per_positive": negatives_per_positive})
-    if is_pclt_root(exported):
+    spec = spec or InputSpec(image_size=image_size or 512)
+    exported = Path(data_dir) if data_dir else Path(run_dir) / "data"
+    key = source_key(data, folders, {"format": "volumes-1", "image_size": spec.image_size,
+                                     "ct_windows": [list(w) for w in spec.ct_windows],
+                                     "suv_windows": [list(w) for w in spec.suv_windows]})
+    if is_volume_export(exported):
         if export_info(exported).get("source_key") == key:
             return exported, "volumes"
         if resumed:
@@ -109,15 +112,44 @@ def prepare_data_root(data: str | Path, run_dir: str | Path, *, val_fraction: fl
             return exported, "volumes"
     if not export:
         deadline = time.monotonic() + wait_s
-        while not (is_pclt_root(exported) and export_info(exported).get("source_key") == key):
+        while not (is_volume_export(exported) and export_info(exported).get("source_key") == key):
             if time.monotonic() > deadline:
                 raise InputError(f"timed out waiting for rank 0 to export the cases into {exported}.")
             time.sleep(2.0)
         return exported, "volumes"
-    pclt_export.export_case_folders(data, exported, val_fraction=val_fraction, seed=seed, size=size,
-                                    negatives_per_positive=negatives_per_positive, overwrite=True,
-                                    extra_info={"source": str(data.resolve()), "source_key": key})
+    export_volume_cases(data, exported, spec, progress=progress,
+                        extra_info={"source": str(data.resolve()), "source_key": key})
     return exported, "volumes"
+
+
+def load_volume_splits(root: Path, spec, *, train_cases=None, val_cases=None,
+                       val_fraction: float = 0.1, seed: int = 42,
+                       negatives_per_positive: float = 1.0):
+    """(train, validation) ``VolumeSlices`` of a volume export: the given case lists, or a
+    seeded patient-level carve-out of ``val_fraction`` of the cases (one case = one patient).
+    Validation takes every slice of its cases (3-D Dice per case)."""
+    from vmambax.data.pclt import split_patients
+    from vmambax.data.volume_export import VolumeSlices, read_export_info
+
+    cases = sorted((read_export_info(root).get("cases") or {}))
+    if train_cases is None:
+        kept, carved = split_patients(cases, val_fraction, seed, group=lambda c: c)
+        train_cases = kept
+        val_cases = carved if val_cases is None else val_cases
+    elif val_cases is None:
+        val_cases = []
+    overlap = sorted(set(train_cases) & set(val_cases))
+    if overlap:
+        raise InputError(f"case(s) {', '.join(overlap)} are both training and validation cases.")
+    if not train_cases:
+        raise InputError(f"no training cases in {root}; add annotated cases.")
+    if not val_cases:
+        raise InputError(f"no validation case in {root}: {len(cases)} case(s) are too few to hold one "
+                         "out; add cases (at least two), or raise --val-fraction.")
+    train = VolumeSlices(root, train_cases, spec, select="train",
+                         negatives_per_positive=negatives_per_positive, seed=seed)
+    val = VolumeSlices(root, val_cases, spec, select="all")
+    return train, val
 
 
 def load_splits(root: Path, *, val_fraction: float = 0.1, seed: int = 42) -> tuple[Any, Any]:
@@ -142,6 +174,8 @@ MIN_POSITIVE_SLICES = 8
 
 
 def _has_tumour(ds, index: int) -> bool:
+    if hasattr(ds, "has_tumour"):  # a volume export: its memory-mapped mask
+        return bool(ds.has_tumour(index))
     root, ids = getattr(ds, "root", None), getattr(ds, "ids", None)
     if root is not None and ids is not None:  # a PCLT reader: the mask PNG alone (~2 ms at 512)
         from vmambax.data.pclt import read_png, sample_path
@@ -177,7 +211,7 @@ def check_positive_slices(ds, minimum: int = MIN_POSITIVE_SLICES, where: str = "
 
 def slice_size(ds) -> int:
     """Side of the (square) training slices; the model needs a multiple of 128."""
-    h, w = np.asarray(ds[0]["ct"]).shape
+    h, w = np.asarray(ds[0]["ct"]).shape[-2:]
     if h != w or h % 128:
         raise InputError(f"the training slices are {h}x{w}; the network needs square slices whose "
                          "side is a multiple of 128 (PCLT20K uses 512x512). Re-export the data.")
@@ -198,18 +232,24 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
 
 class SliceDataset(Dataset):
     """Tensors for the model from a PCLT-style source whose items are dicts with uint8 ``ct``,
-    ``pet`` (H, W) and a 0/1 (or 0/255) ``mask``.
+    ``pet`` (H, W) or (C, H, W) (several windows / neighbouring slices: ``VolumeSlices``) and a
+    0/1 (or 0/255) ``mask``.
 
     Items are requested as ``(index, epoch)`` (see ShardedSampler) so that a sample's random crop
     and augmentation are seeded by (seed, epoch, index): the same on any worker count or rank and
-    after a resume. Returns ``{"ct", "pet", "mask"}`` of shape (1, S, S), images normalised.
+    after a resume. Returns ``{"ct", "pet", "mask"}`` of shape (C, S, S), images normalised
+    (plus ``case`` when the source gives a ``case_index``: validation's 3-D Dice per case).
+    ``augment``: True (spec §8's augmentation), False, or an ``Augmentation`` / preset name.
     """
 
     def __init__(self, source: Sequence, *, train: bool, crop_size: int | None = None,
-                 augment: bool = True, seed: int = 42):
+                 augment: bool | str | Augmentation = True, seed: int = 42):
         self.source, self.train = source, train
         self.crop_size = crop_size if train else None
-        self.augment = augment and train
+        if isinstance(augment, str):
+            augment = get_augmentation(augment) if augment != "none" else False
+        self.recipe = augment if isinstance(augment, Augmentation) else None
+        self.augment = bool(augment) and train
         self.seed = seed
 
     def __len__(self) -> int:
@@ -218,21 +258,31 @@ class SliceDataset(Dataset):
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         item = self.source[index]
-        ct = torch.as_tensor(np.asarray(item["ct"]), dtype=torch.float32)[None]
-        pet = torch.as_tensor(np.asarray(item["pet"]), dtype=torch.float32)[None]
+        ct, pet = (_channels(item[k]) for k in ("ct", "pet"))
         mask = (torch.as_tensor(np.asarray(item["mask"])) > 0).float()[None]
-        if ct.shape != pet.shape or ct.shape != mask.shape:
+        if ct.shape[1:] != pet.shape[1:] or ct.shape[1:] != mask.shape[1:]:
             raise InputError(f"slice {item.get('id', index)}: CT {tuple(ct.shape[1:])}, PET "
                              f"{tuple(pet.shape[1:])} and mask {tuple(mask.shape[1:])} differ in size.")
+        n_ct = ct.shape[0]
         image = torch.cat([ct, pet], 0)
         if self.train and (self.crop_size or self.augment):
             gen = sample_generator(self.seed, epoch, index)
             if self.crop_size:
                 image, mask = random_crop(image, mask, self.crop_size, gen)
             if self.augment:
-                image, mask = augment(image, mask, gen)
+                image, mask = augment(image, mask, gen, recipe=self.recipe,
+                                      pet_channels=pet.shape[0])
         image = _normalize(image)
-        return {"ct": image[:1].contiguous(), "pet": image[1:].contiguous(), "mask": mask.contiguous()}
+        out = {"ct": image[:n_ct].contiguous(), "pet": image[n_ct:].contiguous(),
+               "mask": mask.contiguous()}
+        if "case_index" in item:
+            out["case"] = int(item["case_index"])
+        return out
+
+
+def _channels(array) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(array), dtype=torch.float32)
+    return t[None] if t.dim() == 2 else t
 
 
 # ---------------------------------------------------------------------------- datamodule
@@ -241,13 +291,14 @@ class SliceDataModule(pl.LightningDataModule):
     ``use_distributed_sampler=False``)."""
 
     def __init__(self, train_source, val_source, *, batch_size: int, val_batch_size: int,
-                 crop_size: int | None, augment: bool, seed: int, num_workers: int):
+                 crop_size: int | None, augment, seed: int, num_workers: int):
         super().__init__()
         self.train_source, self.val_source = train_source, val_source
         self.batch_size, self.val_batch_size = batch_size, val_batch_size
         self.crop_size, self.augment, self.seed = crop_size, augment, seed
         self.num_workers = num_workers
         self.train_sampler: ShardedSampler | None = None
+        self.limit_batches: int | None = None  # --limit-train-batches N / a time budget's rounds
 
     def _rank_world(self) -> tuple[int, int]:
         t = self.trainer
@@ -278,6 +329,8 @@ class SliceDataModule(pl.LightningDataModule):
         pos = getattr(self.trainer.lightning_module, "resume_position", None) if self.trainer else None
         if pos is not None:
             steps = len(sampler) // self.batch_size
+            if self.limit_batches:  # an epoch of the run is its first limit_batches batches
+                steps = min(steps, self.limit_batches)
             if pos["batches_done"] >= steps:
                 sampler.set_epoch(pos["epoch"] + 1)
             else:

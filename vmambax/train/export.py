@@ -57,9 +57,10 @@ def model_state_from_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
 def export_model_file(out_path: str | Path, model: nn.Module, *, config_name: str,
                       checkpoint: str | Path | None = None, metadata: dict | None = None,
-                      image_size: int | None = None) -> Path:
+                      image_size: int | None = None, preprocessing: dict | None = None) -> Path:
     """Write ``out_path`` from ``model`` (a VMambaX of the run's config), loading the weights of
-    ``checkpoint`` into it first when given. Atomic (save_model_file writes via a temp file)."""
+    ``checkpoint`` into it first when given. ``preprocessing``: the model's InputSpec as a dict
+    (default the papers' at ``image_size``). Atomic (save_model_file writes via a temp file)."""
     from vmambax.model.checkpoint import save_model_file
 
     if checkpoint is not None:
@@ -72,4 +73,5 @@ def export_model_file(out_path: str | Path, model: nn.Module, *, config_name: st
         **(metadata or {}),
     }
     return save_model_file(out_path, model, config_name=config_name,
-                           preprocessing=preprocessing_parameters(image_size), metadata=meta)
+                           preprocessing=preprocessing or preprocessing_parameters(image_size),
+                           metadata=meta)

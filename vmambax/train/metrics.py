@@ -59,3 +59,33 @@ class SegmentationCounts:
             "val_balanced_acc": 0.5 * (ratio(tp, tp + fn) + ratio(tn, tn + fp)),
             "val_images": n,
         }
+
+
+class CaseCounts:
+    """Per-case voxel sums (TP, predicted, true) over whole validation cases, for the mean 3-D
+    Dice per case: what a clinic's cases are judged by (``vmambax train`` on volume cases
+    monitors it as ``val_dice_3d``). Reduced across ranks as sums, like SegmentationCounts.
+    A case with no tumour and no prediction scores 1."""
+
+    def __init__(self, n_cases: int):
+        self.n_cases = int(n_cases)
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums = torch.zeros((self.n_cases, 3), dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, logits: torch.Tensor, target: torch.Tensor, cases: torch.Tensor,
+               threshold_logit: float = 0.0) -> None:
+        pred = (logits > threshold_logit).flatten(1)
+        gt = (target > 0.5).flatten(1)
+        rows = torch.stack([(pred & gt).sum(1), pred.sum(1), gt.sum(1)], 1).double()
+        sums = self.sums.to(rows.device)
+        sums.index_add_(0, cases.to(rows.device).long(), rows)
+        self.sums = sums
+
+    def per_case(self, reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[float]:
+        s = reduce_sum(self.sums.clone()) if reduce_sum else self.sums
+        tp, pred, gt = s.double().unbind(1)
+        den = pred + gt
+        return torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.ones_like(tp)).tolist()

@@ -10,8 +10,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from vmambax.train.loss import bce_dice_loss
-from vmambax.train.metrics import SegmentationCounts
+from vmambax.train.loss import LOSSES
+from vmambax.train.metrics import CaseCounts, SegmentationCounts
 from vmambax.train.schedule import lr_factor
 
 POSITION_KEY = "vmambax_position"
@@ -32,12 +32,17 @@ class SegmentationModule(pl.LightningModule):
     """
 
     def __init__(self, model: nn.Module, hparams: dict[str, Any],
-                 param_groups_fn: Callable[[nn.Module, float], list[dict]] | None = None):
+                 param_groups_fn: Callable[[nn.Module, float], list[dict]] | None = None,
+                 val_cases: int = 0):
         super().__init__()
         self.model = model
-        self.save_hyperparameters(hparams, ignore=["model", "param_groups_fn"])
+        self.save_hyperparameters(hparams, ignore=["model", "param_groups_fn", "val_cases"])
         self._param_groups_fn = param_groups_fn or default_param_groups
+        self.loss_fn = LOSSES[hparams.get("loss", "bce+dice")]
         self.val_counts = SegmentationCounts()
+        # Whole validation cases (volume exports): the mean 3-D Dice per case, val_dice_3d.
+        self.case_counts = CaseCounts(val_cases) if val_cases else None
+        self.total_steps: int | None = None  # the schedule's length; a time budget may shorten it
         self.batches_done = 0  # training batches finished in the current epoch (for resume)
         self.resume_position: dict[str, int] | None = None
         self.last_val: dict[str, float] = {}
@@ -58,7 +63,7 @@ class SegmentationModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         logits = self.model(batch["ct"], batch["pet"])
-        loss = bce_dice_loss(logits, batch["mask"])
+        loss = self.loss_fn(logits, batch["mask"])
         if not torch.isfinite(loss):
             # Fail loudly: a NaN loss silently destroys the weights (e.g. fp16 overflow).
             raise FloatingPointError(
@@ -77,27 +82,38 @@ class SegmentationModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)  # per process: accounts for world size
         steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
         warmup = hp["warmup_epochs"] * steps_per_epoch
+        if hp.get("warmup_fraction"):
+            warmup = int(round(hp["warmup_fraction"] * total))
         min_factor = hp["min_lr_factor"]
+        self.total_steps = total
 
         def factor(step: int) -> float:
-            return lr_factor(step, total, warmup, min_factor)
+            # reads total_steps each step: a time budget that runs short shortens the cosine
+            return lr_factor(step, self.total_steps or total, warmup, min_factor)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        self.total_steps = total
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
         self.val_counts.reset()
+        if self.case_counts is not None:
+            self.case_counts.reset()
 
     def validation_step(self, batch, batch_idx):
         logits = self.model(batch["ct"], batch["pet"])
         self.val_counts.update(logits, batch["mask"])
+        if self.case_counts is not None and "case" in batch:
+            self.case_counts.update(logits, batch["mask"], batch["case"])
 
     def on_validation_epoch_end(self) -> None:
         strategy = self.trainer.strategy
         # Every rank must call the collective, also one that saw no validation image.
-        metrics = self.val_counts.compute(lambda t: strategy.reduce(t.to(self.device), reduce_op="sum"))
+        reduce = lambda t: strategy.reduce(t.to(self.device), reduce_op="sum")  # noqa: E731
+        metrics = self.val_counts.compute(reduce)
+        if self.case_counts is not None:
+            per_case = self.case_counts.per_case(reduce)
+            metrics["val_dice_3d"] = sum(per_case) / max(len(per_case), 1)
         self.last_val, self.last_val_epoch = metrics, self.current_epoch
         if not self.trainer.sanity_checking:
             # Identical on every rank after the reduction; sync_dist only keeps Lightning quiet.
@@ -106,8 +122,15 @@ class SegmentationModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ resumable state
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Called on every rank (only rank 0 writes the file): each rank's RNG state goes in, so
+        # that a resumed DDP run continues every rank's drop-path stream, not only rank 0's.
         checkpoint[POSITION_KEY] = {"epoch": int(self.current_epoch), "batches_done": int(self.batches_done)}
-        checkpoint[RNG_KEY] = collect_rng_state()
+        state = collect_rng_state()
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, state)
+            state = {**ranks[0], "ranks": ranks}  # rank 0's at the top, as before
+        checkpoint[RNG_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         pos = checkpoint.get(POSITION_KEY)
@@ -115,8 +138,14 @@ class SegmentationModule(pl.LightningModule):
             self.resume_position = dict(pos)
             self.batches_done = int(pos["batches_done"])
         if RNG_KEY in checkpoint:
-            # The checkpoint holds rank 0's state; other ranks derive theirs from it and their rank.
-            restore_rng_state(checkpoint[RNG_KEY])
+            state = checkpoint[RNG_KEY]
+            ranks = state.get("ranks") or []
+            if len(ranks) == self.trainer.world_size and self.trainer.world_size > 1:
+                restore_rng_state(ranks[self.global_rank])  # each rank where it stopped
+                return
+            # One process, or a checkpoint of another world size (or an older one with rank
+            # 0's state only): rank 0 continues its stream, the others derive theirs from it.
+            restore_rng_state(state)
             if self.global_rank > 0:
                 seed_rank(int(torch.randint(0, 2**31 - 1, ())), self.global_rank)
 

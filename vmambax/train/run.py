@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,11 @@ from vmambax.train.config import TrainConfig
 
 #: Options that define a run: a resumed run must keep them, or its schedule would change.
 RECIPE_FIELDS = ("config", "config_overrides", "epochs", "batch_size", "lr", "weight_decay", "betas",
-                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "image_size", "negatives_per_positive", "seed", "max_steps",
-                 "limit_train_batches", "val_fraction")
+                 "eps", "min_lr_factor", "warmup_epochs", "augment", "crop_size", "image_size",
+                 "negatives_per_positive", "seed", "max_steps", "limit_train_batches", "val_fraction",
+                 "ct_windows", "suv_windows", "context_slices", "threshold", "tta", "postprocess",
+                 "recipe", "augmentation", "loss", "warmup_fraction", "time_budget", "init",
+                 "train_cases", "val_cases")
 HPARAMS_KEY = "train_config"
 
 
@@ -167,12 +171,8 @@ def _check_config_name(cfg: TrainConfig) -> None:
     get_config(cfg.config, **cfg.config_overrides)  # ConfigError with the known names
 
 
-def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> list[Path]:
-    """Check and create RUN_DIR; remove the staging files a killed run (kill -9, power cut) left
-    behind (``.last.<random>.tmp.ckpt``, ``.model.<random>.tmp.pt``, ``.data.<random>.tmp``).
-    Rank 0 only, before training starts: no save of ours can be in flight. Returns them."""
-    from vmambax.utils import remove_stale_staging
-
+def _open_run_dir(cfg: TrainConfig, resume: Path | None) -> None:
+    """Refuse a new run in a folder that holds one; create RUN_DIR."""
     if resume is None and cfg.last_checkpoint.exists():
         raise ConfigError(f"{cfg.out} already holds a training run ({cfg.last_checkpoint}); continue "
                           "it with --resume, or choose a new --out folder.")
@@ -182,12 +182,23 @@ def _prepare_run_dir(cfg: TrainConfig, resume: Path | None) -> list[Path]:
         from vmambax.utils import output_error
 
         raise output_error(cfg.out_dir, exc) from None
+
+
+def _prepare_run_dir(cfg: TrainConfig) -> list[Path]:
+    """Remove the staging files a killed run (kill -9, power cut) left behind
+    (``.last.<random>.tmp.ckpt``, ``.model.<random>.tmp.pt``, ``.data.<random>.tmp``) and a
+    stale stop request. Rank 0 only, holding the run lock, before training starts: no save of
+    ours can be in flight. Returns the files removed."""
+    from vmambax.utils import remove_stale_staging
+
+    if cfg.stop_path.exists():
+        cfg.stop_path.unlink()  # a stale request from the run we are resuming
     return [p for d in (cfg.out_dir, cfg.checkpoint_dir) for p in remove_stale_staging(d)]
 
 
 # ---------------------------------------------------------------------------- train
 def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
-          param_groups_fn: Callable | None = None) -> TrainResult:
+          param_groups_fn: Callable | None = None, progress_tags: dict | None = None) -> TrainResult:
     """Train per ``cfg``; returns when done or stopped (stop file / signal). Options and the data
     folder are checked before anything is written; a failure is also reported as an ``error``
     event in the progress stream.
@@ -195,6 +206,7 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
     ``callbacks``: extra Lightning callbacks. ``model`` / ``param_groups_fn`` (advanced): a
     prepared network (and its AdamW groups) instead of ``build_model(cfg.config)``.
     """
+    started = time.monotonic()  # a --time-budget counts from here: the export is part of it
     cfg.validate()
     _check_config_name(cfg)
     resume = resolve_resume_path(cfg)
@@ -210,26 +222,44 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         raise ConfigError("--batch-size 1 cannot train here: the CGM BatchNorm needs at least 2 "
                           "samples per step (pooled across GPUs only with SyncBN on CUDA). Use "
                           "--batch-size 2 or more (with --crop-size to save memory).")
+    from vmambax.locks import RunLock
     from vmambax.train.callbacks import ProgressWriter
     from vmambax.train.datamodule import check_data_path
+    from vmambax.utils import FolderSnapshot
 
     rank = global_rank_from_env(devices)
     check_data_path(cfg.data)
     stale: list[Path] = []
+    lock = RunLock(cfg.out_dir)  # one trainer per run folder (rank 0 holds it for all ranks)
+    # A run refused before training starts (bad data, one case only ...) leaves the run folder
+    # as it found it: no export in RUN_DIR/data, no logs, no progress.jsonl of its own.
+    stream = cfg.progress_path
+    in_run = [stream.name] if stream is not None and stream.parent.resolve() == cfg.out_dir.resolve() else []
+    found = FolderSnapshot(cfg.out_dir, append_only=in_run) if rank == 0 else None
     if rank == 0:
-        stale = _prepare_run_dir(cfg, resume)
-        if cfg.stop_path.exists():
-            cfg.stop_path.unlink()  # a stale request from the run we are resuming
+        _open_run_dir(cfg, resume)
+        # The VMambaX Train panel takes the lock before it starts us: inherited, not refused.
+        lock.acquire(inherit=True)
+        try:
+            stale = _prepare_run_dir(cfg)
+        except BaseException:
+            lock.release()
+            found.restore()
+            raise
     # The stream is append-only: a resumed run continues it; each run begins with "start".
-    writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank)
+    writer = ProgressWriter(cfg.progress_path, stdout=cfg.progress_stdout, rank=rank,
+                            tags=progress_tags)
     if stale:
         _warn(writer, f"removed {len(stale)} unfinished file(s) an interrupted run left in "
                       f"{cfg.out_dir}: {', '.join(p.name for p in stale)}")
+    finished = False
     try:
         run = _Run(cfg, writer, rank=rank, accel=accel, precision=precision, devices=devices,
-                   nodes=nodes, world=world, sync_bn=sync_bn)
+                   nodes=nodes, world=world, sync_bn=sync_bn, started=started)
         run.fit(model, param_groups_fn, callbacks, resume)
-        return run.finish()
+        result = run.finish()
+        finished = True
+        return result
     except (KeyboardInterrupt, SystemExit):
         writer.emit("error", message="interrupted")
         raise
@@ -250,6 +280,9 @@ def train(cfg: TrainConfig, *, callbacks: Sequence[Any] = (), model=None,
         raise
     finally:
         writer.close()
+        lock.release()
+        if found is not None and not finished and not writer.started:
+            found.restore()  # refused (or interrupted) before the first step
 
 
 def _warn(writer, message: str, rank: int = 0) -> None:
@@ -275,38 +308,93 @@ class _Run:
     """One ``train()`` call: data, module, trainer, then the export and the final event."""
 
     def __init__(self, cfg: TrainConfig, writer, *, rank: int, accel: str, precision: str,
-                 devices, nodes: int, world: int, sync_bn: bool):
+                 devices, nodes: int, world: int, sync_bn: bool, started: float | None = None):
         self.cfg, self.writer, self.rank = cfg, writer, rank
         self.accel, self.precision = accel, precision
         self.devices, self.nodes, self.world, self.sync_bn = devices, nodes, world, sync_bn
+        self.started = time.monotonic() if started is None else started
+        self.budget_info: dict | None = None
+
+    def _plan_budget(self, model, dm, resume) -> list:
+        """With --time-budget: measure, plan and record the schedule (vmambax.train.budget);
+        returns the guard callback. A resumed run keeps the plan it recorded."""
+        cfg = self.cfg
+        if not cfg.time_budget or resume is not None:
+            return []
+        if self.world > 1:
+            raise ConfigError("--time-budget plans the schedule in one process; with several "
+                              "processes (DDP) give --epochs instead.")
+        import torch
+
+        from vmambax.train import budget
+        from vmambax.train.datamodule import SliceDataset
+        from vmambax.train.loss import LOSSES
+
+        device = torch.device("cuda") if self.accel == "gpu" else torch.device("cpu")
+        train_ds = SliceDataset(self.train_src, train=True, crop_size=cfg.crop_size,
+                                augment=cfg.augmentation_name, seed=cfg.seed)
+        measured = budget.measure(model, LOSSES[cfg.loss], train_ds, SliceDataset(self.val_src, train=False),
+                                  batch_size=cfg.batch_size, val_batch_size=cfg.val_batch_size or cfg.batch_size,
+                                  lr=cfg.lr, device=device, scratch_dir=cfg.out_dir)
+        deadline = self.started + cfg.time_budget * 60.0
+        available = deadline - time.monotonic() - budget.RESERVE_S
+        plan = budget.plan(available, measured, max(len(self.train_src) // cfg.batch_size, 1))
+        self.cfg = cfg.replace(epochs=plan.epochs, limit_train_batches=plan.steps_per_epoch,
+                               max_steps=plan.total_steps, val_every=1)
+        self.budget_info = budget.state(plan, measured)
+        if self.rank == 0:
+            print(f"vmambax train: {plan.describe(measured)}", file=sys.stderr)
+
+        def shortened(epochs: int, per_epoch: float) -> None:
+            _warn(self.writer, f"this machine ran slower than measured ({per_epoch:.0f} s a round): "
+                               f"the run ends after round {epochs} of {plan.epochs} to keep its "
+                               f"{cfg.time_budget:g}-minute budget", rank=self.rank)
+
+        return [budget.BudgetGuard(deadline, plan.steps_per_epoch, on_shorten=shortened)]
 
     def _data(self):
         from vmambax.train.datamodule import (SliceDataModule, check_positive_slices, export_info,
-                                              load_splits, prepare_data_root, slice_size, split_summary)
+                                              load_splits, load_volume_splits, prepare_data_root,
+                                              slice_size, split_summary)
 
         cfg = self.cfg
         notes: list[str] = []
-        root, kind = prepare_data_root(cfg.data, cfg.out, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                       export=self.rank == 0, image_size=cfg.image_size,
-                                       negatives_per_positive=cfg.negatives_per_positive,
-                                       resumed=bool(cfg.resume), notes=notes)
+        spec = cfg.input_spec()
+        root, kind = prepare_data_root(cfg.data, cfg.out, spec=spec, export=self.rank == 0,
+                                       data_dir=cfg.data_dir, resumed=bool(cfg.resume), notes=notes)
         if kind == "volumes":  # the exporter's warnings (PET coverage, ...), on every run
             notes = [f"exporting the cases: {w}" for w in export_info(root).get("warnings", [])] + notes
+            train_src, val_src = load_volume_splits(
+                root, spec, train_cases=cfg.train_cases, val_cases=cfg.val_cases,
+                val_fraction=cfg.val_fraction, seed=cfg.seed,
+                negatives_per_positive=cfg.negatives_per_positive)
+        else:
+            if not spec.is_paper or spec.context:
+                raise ConfigError(f"{cfg.data} is a PCLT20K-layout folder: its PNG slices hold the "
+                                  "papers' windows only, so --ct-windows/--suv-windows/--context-slices "
+                                  "apply to volume case folders alone; drop them.")
+            train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
         for note in notes:
             _warn(self.writer, note, rank=self.rank)
-        train_src, val_src = load_splits(root, val_fraction=cfg.val_fraction, seed=cfg.seed)
         check_positive_slices(train_src, cfg.min_positive_slices, str(root))
         self.size = slice_size(train_src)
+        self.spec = spec.replace(image_size=self.size)
+        self.val_cases = len(val_src.case_ids) if kind == "volumes" else 0
+        self.monitor = "val_dice_3d" if kind == "volumes" else "val_dice"
         if cfg.crop_size is not None and cfg.crop_size > self.size:
             raise ConfigError(f"--crop-size {cfg.crop_size} is larger than the {self.size}x{self.size} "
                               f"slices of {root}; use a crop of at most {self.size}.")
         self.data_info = {"kind": kind, "source": str(Path(cfg.data).resolve()),
                           "root": str(Path(root).resolve()), "image_size": self.size,
                           "train": split_summary(train_src), "val": split_summary(val_src)}
+        if kind == "volumes":
+            self.data_info["train_cases"] = list(train_src.case_ids)
+            self.data_info["val_cases"] = list(val_src.case_ids)
+        self.train_src, self.val_src, self.root, self.kind = train_src, val_src, Path(root), kind
         dm = SliceDataModule(train_src, val_src, batch_size=cfg.batch_size,
                              val_batch_size=cfg.val_batch_size or cfg.batch_size,
-                             crop_size=cfg.crop_size, augment=cfg.augment, seed=cfg.seed,
-                             num_workers=cfg.num_workers)
+                             crop_size=cfg.crop_size, augment=cfg.augmentation_name, seed=cfg.seed,
+                             num_workers=cfg.loader_workers(self.devices if isinstance(self.devices, int) else 1))
         dm.allow_zero_length_dataloader_with_multiple_devices = True
         return dm
 
@@ -319,9 +407,12 @@ class _Run:
         def saved(path):
             writer.emit("checkpoint", path=str(path))
 
-        self.best_cb = RunCheckpoint(  # best validation micro Dice (the reference: test-set IoU)
-            dirpath=str(cfg.checkpoint_dir), filename="best-epoch{epoch:03d}-dice{val_dice:.4f}",
-            auto_insert_metric_name=False, monitor="val_dice", mode="max", save_top_k=1,
+        # best validation Dice: micro over slices (PCLT20K; the reference used test-set IoU), or
+        # the mean 3-D Dice per case for volume cases (what a clinic's cases are judged by)
+        self.best_cb = RunCheckpoint(
+            dirpath=str(cfg.checkpoint_dir),
+            filename="best-epoch{epoch:03d}-dice{" + self.monitor + ":.4f}",
+            auto_insert_metric_name=False, monitor=self.monitor, mode="max", save_top_k=1,
             on_saved=saved)
         self.last_cb = RunCheckpoint(  # every epoch, validated or not (Lightning's save_last
             # skips epochs in which the monitored checkpoint did not improve)
@@ -337,9 +428,11 @@ class _Run:
             decisions=decisions,
             on_saved=lambda path, step: writer.emit("checkpoint", path=str(path), step=step,
                                                     reason="interval"))
-        progress = ProgressStream(writer, every_s=cfg.progress_every_s,
+        progress = ProgressStream(writer, every_s=cfg.progress_every_s, monitor=self.monitor,
                                   stopping=lambda: self.stop_cb.stopped and self.stop_cb.cut, start_info={
                                       "config": cfg.config, "data": self.data_info,
+                                      "recipe": cfg.recipe, "inputs": self.spec.describe(),
+                                      "budget": self.budget_info,
                                       "precision": self.precision, "accelerator": self.accel,
                                       "batch_size": cfg.batch_size, "out": str(cfg.out_dir)})
         return [progress, self.stop_cb, self.timed_cb]
@@ -360,11 +453,22 @@ class _Run:
             overrides = dict(cfg.config_overrides)
             if cfg.pretrained_encoder and resume is None:
                 overrides["pretrained_encoder"] = cfg.pretrained_encoder
+            if self.spec.in_chans != 3:  # several windows x neighbouring slices (InputSpec)
+                overrides.setdefault("in_chans", self.spec.in_chans)
             model = build_model(cfg.config, **overrides)
+            if cfg.init and resume is None:
+                from vmambax.train.init import init_from
+
+                for note in init_from(model, cfg.init):
+                    _warn(self.writer, note, rank=self.rank)
+        budget_cbs = self._plan_budget(model, dm, resume)
+        cfg = self.cfg  # the budget's plan is part of the run's configuration
         hparams = {HPARAMS_KEY: cfg.to_dict(), "data": self.data_info}
         hparams.update({k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS})
-        self.module = SegmentationModule(model, hparams, param_groups_fn=param_groups_fn)
-        callbacks = [*self._callbacks(), *extra_callbacks, self.best_cb, self.last_cb]
+        self.module = SegmentationModule(model, hparams, param_groups_fn=param_groups_fn,
+                                         val_cases=self.val_cases)
+        dm.limit_batches = cfg.limit_train_batches if isinstance(cfg.limit_train_batches, int) else None
+        callbacks = [*self._callbacks(), *budget_cbs, *extra_callbacks, self.best_cb, self.last_cb]
         show_bar = cfg.progress_bar and sys.stderr.isatty()
         self.trainer = pl.Trainer(
             accelerator=self.accel, devices=self.devices, num_nodes=self.nodes,
@@ -407,15 +511,27 @@ class _Run:
             metadata = {
                 "status": status, "epochs_completed": epochs_done, "global_step": int(trainer.global_step),
                 "best_checkpoint": Path(best).name if best else None, "best_val_dice": best_val,
+                "validation_metric": self.monitor,
                 "recipe": {k: v for k, v in cfg.to_dict().items() if k in RECIPE_FIELDS},
                 "data": self.data_info, "precision": self.precision, "accelerator": self.accel,
-                "world_size": int(trainer.world_size),
+                "world_size": int(trainer.world_size), "budget": self.budget_info,
+                "training_data": "volume cases" if self.kind == "volumes" else "PCLT20K-layout slices",
             }
             # Into a CPU copy (the trained module stays as it is), from the best checkpoint when
             # there is one (else the current weights, e.g. stopped before the first validation).
-            model_file = export_model_file(cfg.model_file, copy.deepcopy(self.module.model).cpu(),
-                                           config_name=cfg.config, checkpoint=best,
-                                           metadata=metadata, image_size=self.size)
+            net = copy.deepcopy(self.module.model).cpu()
+            if best:
+                from vmambax.train.export import model_state_from_checkpoint
+
+                net.load_state_dict(model_state_from_checkpoint(best))
+            spec = self.spec
+            if cfg.postprocess == "auto" and self.kind == "volumes":
+                from vmambax.train.select import choose_postprocess
+
+                spec, scores = choose_postprocess(net, self.val_src, spec)
+                metadata["postprocess_choice"] = scores
+            model_file = export_model_file(cfg.model_file, net, config_name=cfg.config,
+                                           metadata=metadata, preprocessing=spec.to_dict())
             self.writer.emit(status, epochs_completed=epochs_done, step=int(trainer.global_step),
                              model_file=str(model_file), best_checkpoint=best,
                              last_checkpoint=str(cfg.last_checkpoint), reason=stop.reason,
