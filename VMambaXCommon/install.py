@@ -10,59 +10,149 @@ What SlicerTotalSegmentator / MONAI Auto3DSeg users run into, and what this does
   timeout (``vmambax.deps.probe_index``), so pip's configuration (``pip.conf``,
   ``PIP_INDEX_URL``, proxy variables) decides where packages come from, and pip's error is
   shown; no index URL is hard-coded and no raw connection is made;
-- mamba-ssm / causal-conv1d: optional, offered only on Linux with a CUDA build of torch,
-  built with ``--no-build-isolation`` against that torch; "Don't ask again" is remembered in a
-  settings store (Slicer: QSettings, passed in by the widget); a failure is a note, not an
-  error (VMambaX falls back to its PyTorch selective scan).
+- packages Slicer ships or another extension owns (torch, SimpleITK, numpy, requests, ...:
+  ``SLICER_BUNDLED``) are never installed, upgraded or replaced: each package is installed with
+  ``--no-deps`` and its missing requirements one by one without those (as SlicerNNUNet and
+  SlicerTotalSegmentator do), and a note says when Slicer must be restarted (a package it had
+  loaded changed version);
+- mamba-ssm / causal-conv1d (a 10-30 minute CUDA build) are never offered here: that is the
+  separate, cancellable "Install GPU acceleration" action (``VMambaXCommon.gpu_install``).
 
-``ensure_dependencies`` takes pip, the dialogs and the settings as arguments so it is tested
-without Slicer; ``ensure_dependencies_in_slicer`` wires it to Slicer's dialogs, PythonSlicer's
-pip and the PyTorch extension.
+``ensure_dependencies`` takes pip and the dialogs as arguments so it is tested without Slicer;
+``ensure_dependencies_in_slicer`` wires it to Slicer's dialogs, PythonSlicer's pip and the
+PyTorch extension.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import re
+import sys
 from typing import Callable
 
 from vmambax import deps
 from vmambax.errors import Cancelled, DependencyError
 
-GPU_EXTRAS_QUESTION = (
-    "Optional speed-up for your NVIDIA GPU: install {names}?\n\n"
-    "They compile CUDA code, which needs the CUDA toolkit and can take 10-30 minutes. VMambaX "
-    "works without them (a slower PyTorch selective scan is used).")
-GPU_EXTRAS_SETTING = "VMambaX/GpuExtrasPrompt"  # "never": the user chose "Don't ask again"
-GPU_ANSWERS = ("install", "later", "never")
-
 RunPip = Callable[..., "tuple[int, str]"]  # run_pip(args, timeout=None) -> (returncode, output)
 
+# Packages VMambaX never lets pip install, upgrade or replace inside Slicer (as SlicerNNUNet and
+# SlicerTotalSegmentator leave theirs alone), with why. Each package is installed with
+# --no-deps, then those of its requirements that are missing, one by one, minus these.
+SLICER_BUNDLED = {
+    "torch": "comes from the PyTorch extension, which picks the build for the GPU driver",
+    "torchvision": "belongs to the PyTorch extension's torch",
+    "triton": "belongs to the PyTorch extension's CUDA torch",
+    "simpleitk": "Slicer's own build carries Slicer's image IO",
+    "numpy": "Slicer, VTK and ITK are built against the numpy Slicer ships",
+    "vtk": "Slicer's own",
+    "requests": "Slicer uses it: replacing it needs a restart",
+    "pip": "Slicer's own", "setuptools": "Slicer's own", "wheel": "Slicer's own",
+}
 
-class MemorySettings:
-    """A settings store in a dict (scripts, tests); Slicer passes one backed by QSettings."""
 
-    def __init__(self, values=None):
-        self.values = dict(values or {})
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
-    def get(self, key, default=None):
-        return self.values.get(key, default)
 
-    def set(self, key, value):
-        self.values[key] = value
+def install_selectively(spec: str, run_pip: RunPip, options=(), skip=SLICER_BUNDLED,
+                        requires=None, satisfied=None, log=None, _seen=None) -> list[str]:
+    """``pip install --no-deps spec``, then its missing requirements the same way, never one
+    of ``skip``; returns the requirements left to Slicer (``name>=x``, for the log).
+
+    ``requires(name)``: the installed distribution's requirement strings (default
+    ``importlib.metadata.requires``); ``satisfied(requirement)``: already installed and new
+    enough. Raises DependencyError with pip's own words when pip fails.
+    """
+    from packaging.requirements import Requirement
+
+    requires = requires or _installed_requirements
+    satisfied = satisfied or _satisfied
+    seen = set() if _seen is None else _seen
+    name = canonical_name(Requirement(spec).name)
+    seen.add(name)
+    if log:
+        log(f"Installing {spec} (without its dependencies; those follow one by one)")
+    code, output = run_pip(["install", *options, "--no-deps", spec])
+    if code != 0:
+        raise DependencyError(deps.pip_error_summary(output) or f"pip exited with status {code}")
+    left = []
+    for text in requires(name):
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # another platform's, or an optional extra's
+        other = canonical_name(req.name)
+        if other in skip:
+            left.append(f"{req.name}{req.specifier}")
+            if log:
+                log(f"  {req.name}{req.specifier}: left as it is ({skip[other]})")
+            continue
+        if other in seen or satisfied(req):
+            continue
+        req.marker = None
+        left += install_selectively(str(req), run_pip, options, skip, requires, satisfied, log,
+                                    seen)
+    return left
+
+
+def _installed_requirements(name: str) -> list[str]:
+    try:
+        return list(importlib.metadata.requires(name) or [])
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def _satisfied(req) -> bool:
+    try:
+        version = importlib.metadata.version(req.name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return req.specifier.contains(version, prereleases=True)
+
+
+def loaded_distributions(modules=None) -> dict[str, str]:
+    """``{distribution: version}`` of the installed packages one of whose modules this process
+    has imported: replacing one of those needs a restart before the new one is used."""
+    mapping = importlib.metadata.packages_distributions()  # top-level module -> distributions
+    tops = {name.split(".")[0] for name in (sys.modules if modules is None else modules)}
+    found = {}
+    for top in tops & set(mapping):
+        for dist in mapping[top]:
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+    return found
+
+
+def restart_note(before: dict[str, str]) -> str | None:
+    """The "restart Slicer" note when a package that was loaded changed version, else None."""
+    changed = []
+    for dist, old in sorted(before.items()):
+        try:
+            new = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            new = "removed"
+        if new != old:
+            changed.append(f"{dist} {old} -> {new}")
+    if not changed:
+        return None
+    return ("Restart Slicer: these packages changed while Slicer had them loaded: "
+            f"{', '.join(changed)}. Segmentations run in a process of their own and already "
+            f"use the new versions; the rest of Slicer uses them after the restart.")
 
 
 def _manual_command(requirements, options=()) -> str:
     return " ".join(deps.install_command(requirements, python="PythonSlicer", options=options))
 
 
-def pip_installer(run_pip: RunPip, options=()) -> Callable[[str], None]:
-    """``install(spec)`` running ``pip install`` through ``run_pip``; raises DependencyError
+def pip_installer(run_pip: RunPip, options=(), log=None) -> Callable[[str], None]:
+    """``install(spec)`` running ``pip install`` through ``run_pip``, package by package and
+    never touching ``SLICER_BUNDLED`` (``install_selectively``); raises DependencyError
     carrying pip's own error lines."""
 
     def install(spec: str) -> None:
-        code, output = run_pip(["install", *options, spec])
-        if code != 0:
-            raise DependencyError(deps.pip_error_summary(output) or f"pip exited with status {code}")
+        install_selectively(spec, run_pip, options, log=log)
 
     return install
 
@@ -78,19 +168,16 @@ def _unreachable_message(report, needed, pip_said: str) -> str:
 
 def ensure_dependencies(feature: str, *, confirm: Callable[[str], bool], run_pip: RunPip,
                         install_torch: Callable[[], None],
-                        ask_gpu_extras: Callable[[str], str] | None = None,
-                        settings=None, offer_gpu_extras: bool = True,
                         progress: Callable[[float, str], None] | None = None,
                         torch_build: Callable[[], deps.TorchBuild] = deps.torch_build) -> list[str]:
     """Make sure torch and ``feature``'s packages are importable; return notes for the user.
 
-    ``ask_gpu_extras(question)`` answers "install", "later" or "never" (never: remembered in
-    ``settings`` under ``GPU_EXTRAS_SETTING``); without it ``confirm`` is asked (no "never").
+    The optional GPU scan (mamba-ssm) is never offered here: its 10-30 minute build is the
+    separate "Install GPU acceleration" action (``VMambaXCommon.gpu_install``).
     Raises ``Cancelled`` when the user declines, ``DependencyError`` when something required
     could not be installed (the message gives pip's error and how to install it by hand).
     """
     notes: list[str] = []
-    settings = settings if settings is not None else MemorySettings()
     report = deps.check(feature, cuda=False)  # no torch import before torch is known to be there
     if not report.ok:
         needed = ([deps.TORCH] if not report.torch_ok else []) + report.missing
@@ -103,6 +190,7 @@ def ensure_dependencies(feature: str, *, confirm: Callable[[str], bool], run_pip
                        "MB and can take a few minutes; Slicer may be unresponsive meanwhile."):
             raise Cancelled("the required Python packages were not installed; VMambaX cannot run "
                             "without them. Press the button again to install them")
+        loaded = loaded_distributions()
         if not report.torch_ok:
             if progress:
                 progress(0.0, "Installing PyTorch (PyTorch extension)")
@@ -122,46 +210,12 @@ def ensure_dependencies(feature: str, *, confirm: Callable[[str], bool], run_pip
                 f"Install them by hand with: {_manual_command([r for r, _ in failures])}, then "
                 f"restart Slicer")
         notes.append("Installed: " + ", ".join(r.spec for r in needed))
-    build = torch_build()
-    warning = deps.cpu_torch_on_nvidia_machine(build)
+        restart = restart_note(loaded)
+        if restart:
+            notes.append(restart)
+    warning = deps.cpu_torch_on_nvidia_machine(torch_build())
     if warning:
         notes.append(warning)
-    if offer_gpu_extras:
-        notes += _offer_gpu_extras(build, run_pip, confirm, ask_gpu_extras, settings, progress)
-    return notes
-
-
-def _offer_gpu_extras(build, run_pip, confirm, ask_gpu_extras, settings, progress) -> list[str]:
-    if settings.get(GPU_EXTRAS_SETTING) == "never":
-        return []
-    extras = deps.gpu_extras_missing(build=build)
-    if not extras:
-        return []
-    question = GPU_EXTRAS_QUESTION.format(names=" and ".join(r.name for r in extras))
-    if ask_gpu_extras is not None:
-        answer = ask_gpu_extras(question)
-    else:
-        answer = "install" if confirm(question) else "later"
-    if answer not in GPU_ANSWERS:
-        raise ValueError(f"ask_gpu_extras answered {answer!r}; expected one of {GPU_ANSWERS}")
-    if answer == "never":
-        settings.set(GPU_EXTRAS_SETTING, "never")
-        return []
-    if answer == "later":
-        return []
-    options = deps.GPU_EXTRAS_PIP_OPTIONS
-    notes = []
-    pip_said = deps.probe_index(run_pip, extras[0])
-    if pip_said is not None:
-        return [f"The optional CUDA kernels were not installed: pip cannot reach its package "
-                f"index ({pip_said}). To install them later: {_manual_command(extras, options)}"]
-    failures = deps.install(extras, pip_installer(run_pip, options), progress)
-    for req, message in failures:
-        notes.append(f"{req.name} could not be installed (optional; the PyTorch selective "
-                     f"scan is used instead): {message}. To retry by hand: "
-                     f"{_manual_command([req], options)}")
-    if len(failures) < len(extras):
-        notes.append("Installed the CUDA selective-scan kernels; restart Slicer to use them")
     return notes
 
 
@@ -202,13 +256,20 @@ def slicer_pip_runner(on_line: Callable[[str], None] | None = None) -> RunPip:
     return run_pip
 
 
-def ensure_dependencies_in_slicer(feature: str, settings=None, offer_gpu_extras: bool = True,
-                                  ask_gpu_extras=None) -> list[str]:
-    """``ensure_dependencies`` with Slicer's dialogs, PythonSlicer's pip and the PyTorch extension.
+def probed_torch_build(pump=None) -> deps.TorchBuild:
+    """What ``deps.torch_build`` says, asked in a child process (the device probe) so that
+    Slicer's own process never imports torch; ``pump`` keeps Slicer painting meanwhile."""
+    from VMambaXCommon.devices import PROBE
 
-    The widget passes ``settings`` (QSettings-backed) and ``ask_gpu_extras`` (a three-button
-    dialog); this module stays free of Qt.
-    """
+    info = PROBE.start(force=True).wait(pump=pump) or {}
+    return deps.TorchBuild(version=info.get("torch"), cuda_version=info.get("cuda_version"),
+                           cuda_available=bool(info.get("cuda")),
+                           platform=info.get("platform") or sys.platform,
+                           nvidia_gpu=bool(info.get("nvidia_gpu", deps.nvidia_gpu_present())))
+
+
+def ensure_dependencies_in_slicer(feature: str) -> list[str]:
+    """``ensure_dependencies`` with Slicer's dialogs, PythonSlicer's pip and the PyTorch extension."""
     import slicer
 
     def confirm(text: str) -> bool:
@@ -221,5 +282,5 @@ def ensure_dependencies_in_slicer(feature: str, settings=None, offer_gpu_extras:
     run_pip = slicer_pip_runner(on_line=lambda _line: slicer.app.processEvents())
     return ensure_dependencies(feature, confirm=confirm, run_pip=run_pip,
                                install_torch=_install_torch_with_pytorch_extension,
-                               ask_gpu_extras=ask_gpu_extras, settings=settings,
-                               offer_gpu_extras=offer_gpu_extras, progress=progress)
+                               progress=progress,
+                               torch_build=lambda: probed_torch_build(slicer.app.processEvents))

@@ -19,21 +19,27 @@ In scripts and tests the tags, the RWVM file lookup and the weight and dose are 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-import SimpleITK as sitk
+if TYPE_CHECKING:  # numpy and SimpleITK are imported where used: Slicer loads this at start-up
+    import SimpleITK as sitk
 
 from vmambax.errors import ConfigError, InputError
 
 from VMambaXCommon import dicom_tags
 
 PET_UNITS = ("auto", "bqml", "suv")
-PET_UNITS_LABELS = {
-    "auto": "Auto-detect",
-    "bqml": "Bq/mL (convert to SUV)",
-    "suv": "SUV (already converted)",
-}
+
+
+def pet_units_labels() -> dict[str, str]:
+    """The PET-units choices as the panel shows them (translated inside Slicer)."""
+    from VMambaXCommon.i18n import translate
+
+    return {"auto": translate("VMambaX", "Auto-detect"),
+            "bqml": translate("VMambaX", "Bq/mL (convert to SUV)"),
+            "suv": translate("VMambaX", "SUV (already converted)")}
+
+
 _SUV_HINT = ("Choose PET units 'SUV (already converted)' in the Inputs section (Python: "
              "petUnits='suv'); a PET loaded by PETDICOMExtension is recognised with "
              "'Auto-detect'.")
@@ -216,6 +222,9 @@ def convert_pet(pet: sitk.Image, units: str = "auto", tags=None, weight_kg: floa
     """
     from vmambax.data.suv import check_suv_plausible, suv_factor_from_tags, suv_factor_manual
 
+    import numpy as np
+    import SimpleITK as sitk
+
     units = _check_units(units)
     weight_kg, dose_mbq = _positive(weight_kg), _positive(dose_mbq)
     values = sitk.GetArrayViewFromImage(pet).astype(np.float32)
@@ -254,7 +263,7 @@ def convert_pet(pet: sitk.Image, units: str = "auto", tags=None, weight_kg: floa
     return PetSuv(image, description, rule)
 
 
-def _looks_like_suv(values: np.ndarray, check) -> bool:
+def _looks_like_suv(values, check) -> bool:
     try:
         check(values)
     except InputError:

@@ -17,7 +17,10 @@ source after Slicer's start-up (``VMambaXSegment.registerSampleData``).
 from __future__ import annotations
 
 CATEGORY = "VMambaX"
-SAMPLE_NAME = "VMambaXPETCTPhantom"
+# SampleData shows the sample name under the button (its sampleDescription defaults to it), so
+# it is words; files and the thumbnail keep an identifier without spaces.
+SAMPLE_NAME = "VMambaX PET/CT phantom"
+SAMPLE_ID = "VMambaXPETCTPhantom"
 CT_NAME = "VMambaX phantom CT"
 PET_NAME = "VMambaX phantom PET"
 # One realistic CT matrix; 48 slices over the phantom's ~250 mm (about 5 mm thick, as in many
@@ -88,7 +91,7 @@ def sample_source_arguments(custom_downloader, thumbnail: str | None = None) -> 
         category=CATEGORY,
         sampleName=SAMPLE_NAME,
         uris=["vmambax-phantom:ct", "vmambax-phantom:pet"],
-        fileNames=[f"{SAMPLE_NAME}-CT.nrrd", f"{SAMPLE_NAME}-PET.nrrd"],
+        fileNames=[f"{SAMPLE_ID}-CT.nrrd", f"{SAMPLE_ID}-PET.nrrd"],
         nodeNames=[CT_NAME, PET_NAME],
         thumbnailFileName=thumbnail,
         customDownloader=custom_downloader,

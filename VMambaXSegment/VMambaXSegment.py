@@ -1,7 +1,9 @@
 """VMambaX Segment: lung tumour segmentation on co-registered PET/CT with the vMambaX network.
 
-The widget is thin: the work is in ``VMambaXSegmentLib.logic`` (no Qt), which runs the network on
-a worker thread while a timer here shows progress, so Slicer stays responsive and Cancel works.
+The widget is thin: the work is in ``VMambaXSegmentLib.logic`` (no Qt), which runs the network in
+a separate ``vmambax`` process while a timer here shows progress, so Slicer stays responsive,
+Cancel ends the run at once, and a crash of the network cannot take Slicer down. Opening the
+panel imports no torch (models from the registry's JSON, devices from a child process).
 """
 
 import logging
@@ -37,10 +39,11 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXSegmentLib.logic import VMambaXSegmentLogic as _SegmentLogic
-from VMambaXCommon.pet import PET_UNITS, PET_UNITS_LABELS
+from VMambaXCommon.pet import PET_UNITS, pet_units_labels
 
 
 #
@@ -68,13 +71,13 @@ class VMambaXSegment(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Add "VMambaXPETCTPhantom" to the Sample Data module: generated here, never downloaded."""
+    """Add "VMambaX PET/CT phantom" to the Sample Data module: generated here, never downloaded."""
     import SampleData
 
-    from VMambaXCommon.sample_data import SAMPLE_NAME, sample_source_arguments
+    from VMambaXCommon.sample_data import SAMPLE_ID, sample_source_arguments
 
     icon = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "Icons",
-                        f"{SAMPLE_NAME}.png")
+                        f"{SAMPLE_ID}.png")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         **sample_source_arguments(loadPhantomSample, icon))
 
@@ -84,8 +87,9 @@ def loadPhantomSample(source=None):
     from VMambaXCommon.display import show_pet_over_ct
     from VMambaXCommon.sample_data import add_phantom_sample
 
-    with slicer.util.tryWithErrorDisplay("Could not create the VMambaX phantom.", waitCursor=True):
-        slicer.util.showStatusMessage("Generating the synthetic VMambaX PET/CT phantom…", 3000)
+    with slicer.util.tryWithErrorDisplay(_("Could not create the VMambaX phantom."),
+                                         waitCursor=True):
+        slicer.util.showStatusMessage(_("Generating the synthetic VMambaX PET/CT phantom…"), 3000)
         ct, pet = add_phantom_sample(slicer.mrmlScene)
         # As a finished run shows them; the sample keeps its 0-8 SUV window.
         show_pet_over_ct(ct, pet, auto_window_level=False)
@@ -149,15 +153,29 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VMambaXSegmentLogic()
 
+        labels = pet_units_labels()
         for key in PET_UNITS:
-            self.ui.petUnitsComboBox.addItem(_(PET_UNITS_LABELS[key]), key)
-        self._populateModels()
-        self._populateDevices()
+            self.ui.petUnitsComboBox.addItem(labels[key], key)
+        self._populateModels()  # from the registry's JSON: no torch
+        self._populateDevices()  # "Automatic" and "CPU" until the device probe answers
         _BUSY.add_listener(self._updateButtons)  # an install or export in either panel
 
         self._timer = qt.QTimer()
         self._timer.setInterval(150)
         self._timer.connect("timeout()", self._onTimer)
+        # Which GPUs PyTorch sees is asked in a child process; the list fills when it answers.
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(250)
+        self._deviceTimer.connect("timeout()", self._onDeviceProbe)
+        self._followDeviceProbe()
+
+        self._gpuInstall = None  # the "Install GPU acceleration" build, while it runs
+        self._gpuToken = None
+        self._gpuTimer = qt.QTimer()
+        self._gpuTimer.setInterval(500)
+        self._gpuTimer.connect("timeout()", self._onGpuTimer)
+        self.ui.installGpuButton.connect("clicked(bool)", self.onInstallGpu)
+        self.ui.cancelGpuButton.connect("clicked(bool)", self.onCancelGpu)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -174,7 +192,12 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self._task is not None:
             self._task.cancel()
+        if self._gpuInstall is not None:
+            self._gpuInstall.cancel()
         self._timer.stop()
+        self._deviceTimer.stop()
+        self._gpuTimer.stop()
+        _BUSY.release(self._gpuToken)
         _BUSY.release(self._taskToken)
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
@@ -207,11 +230,13 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setParameterNode(self.logic.getParameterNode())
         p = self._parameterNode
         if not p.ctVolume or not p.petVolume:
-            ct, pet = _guessPetCt()
-            if ct and not p.ctVolume:
-                p.ctVolume = ct
-            if pet and not p.petVolume:
-                p.petVolume = pet
+            choice = _guessPetCt()
+            if choice.ct and not p.ctVolume:
+                p.ctVolume = choice.ct
+            if choice.pet and not p.petVolume:
+                p.petVolume = choice.pet
+            if choice.note and self._task is None:
+                self.ui.statusLabel.text = choice.note  # which series were taken, and why
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
@@ -288,6 +313,69 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         selected = (self._parameterNode or self.logic.getParameterNode()).device
         refill_choices(self.ui.deviceComboBox, self.logic.deviceChoices(), selected)
 
+    def _followDeviceProbe(self, again=False):
+        _DEVICES.start(force=again)
+        self._deviceTimer.start()
+
+    def _onDeviceProbe(self):
+        if _DEVICES.poll() or not _DEVICES.pending:
+            self._deviceTimer.stop()
+            self._populateDevices()
+            self._updateButtons()  # GPU acceleration is offered once the GPU is known
+
+    # -- GPU acceleration (optional, never part of a Segment click) -----------------------------
+    def onInstallGpu(self):
+        from VMambaXCommon.gpu_install import GpuAccelerationInstall, cuda_compiler_note
+
+        if _BUSY.busy or self._gpuInstall is not None:
+            return
+        note = cuda_compiler_note()
+        question = _("Build the CUDA selective scan (mamba-ssm, causal-conv1d) now? It runs in "
+                     "the background for 10-30 minutes (at most 60); Slicer stays usable but "
+                     "VMambaX waits for it. You can cancel it at any time.")
+        if not slicer.util.confirmOkCancelDisplay(question + (f"\n\n{note}" if note else ""),
+                                                  windowTitle=_("VMambaX: GPU acceleration")):
+            return
+        try:
+            token = _BUSY.acquire(_("installing GPU acceleration"))
+        except Exception as exc:
+            show_error(exc, _("VMambaX: GPU acceleration"))
+            return
+        self._gpuToken = token
+        self.ui.gpuLogTextEdit.clear()
+        self._gpuInstall = GpuAccelerationInstall().start()
+        self.ui.statusLabel.text = _("Building the GPU acceleration in the background…")
+        self._gpuTimer.start()
+        self._updateButtons()
+
+    def onCancelGpu(self):
+        if self._gpuInstall is not None:
+            self._gpuInstall.cancel()
+            self._onGpuTimer()
+
+    def _onGpuTimer(self):
+        job = self._gpuInstall
+        if job is None:
+            self._gpuTimer.stop()
+            return
+        for line in job.new_lines():
+            self.ui.gpuLogTextEdit.appendPlainText(line)
+        if not job.finished:
+            return
+        for line in job.new_lines():
+            self.ui.gpuLogTextEdit.appendPlainText(line)
+        self._gpuTimer.stop()
+        self._gpuInstall = None
+        token, self._gpuToken = self._gpuToken, None
+        _BUSY.release(token)
+        self.ui.statusLabel.text = job.message
+        if job.state == "done":
+            self._followDeviceProbe(again=True)  # what the new build offers
+            slicer.util.infoDisplay(job.message, windowTitle=_("VMambaX: GPU acceleration"))
+        elif job.state != "cancelled":
+            slicer.util.warningDisplay(job.message, windowTitle=_("VMambaX: GPU acceleration"))
+        self._updateButtons()
+
     def _addModelFile(self, path):
         combo = self.ui.modelComboBox
         combo.addItem(os.path.basename(path), path)
@@ -347,31 +435,48 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.modelCollapsibleButton,
                        self.ui.outputCollapsibleButton):
             widget.enabled = not running
+        self._updateGpuButtons()
         if busy and not running:
             self.ui.segmentButton.toolTip = _("Wait: VMambaX is {job}.").format(job=_BUSY.job)
         elif not running:
             self.ui.segmentButton.toolTip = (_("Segment the lung tumours.") if ready else
                                              _("Select a CT and a PET volume first."))
 
+    def _updateGpuButtons(self):
+        from VMambaXCommon.gpu_install import unsupported_reason
+
+        installing = self._gpuInstall is not None
+        reason = unsupported_reason(_DEVICES.info)
+        self.ui.installGpuButton.enabled = not installing and not _BUSY.busy and reason is None
+        self.ui.cancelGpuButton.enabled = installing
+        if reason is not None:
+            self.ui.installGpuButton.toolTip = _("Not available: {reason}.").format(reason=reason)
+        else:
+            self.ui.installGpuButton.toolTip = _(
+                "Build and install mamba-ssm and causal-conv1d in the background (cancellable, "
+                "stops after 60 minutes).")
+
     # -- running ----------------------------------------------------------------------------
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return
-        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
-        # pip runs with the event loop turning: the busy guard keeps a second click out.
+        # pip runs with the event loop turning: the busy guard keeps a second click out. The
+        # GPU scan build is never offered here (its own action, in the GPU acceleration section).
         with _BUSY.hold(_("installing Python packages")):
-            notes = ensure_dependencies_in_slicer("segment", settings=QtSettingsStore(),
-                                                  ask_gpu_extras=ask_install_later_never)
+            notes = ensure_dependencies_in_slicer("segment")
         self._dependenciesChecked = True
         if notes:
-            slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX")
-        self._populateDevices()  # a freshly installed CUDA torch adds the GPU; choice kept
-        self._populateModels()  # the registry needs torch: before the install only the default
+            slicer.util.infoDisplay("\n\n".join(notes), windowTitle=_("VMambaX"))
+        self._populateDevices()
+        self._followDeviceProbe(again=True)  # a freshly installed CUDA torch adds the GPU
+        self._populateModels()  # models registered meanwhile
 
-    def onSegmentButton(self, _checked=False, allowDifferentPatients=False):
+    def onSegmentButton(self, _checked=False, allowDifferentPatients=False,
+                        replaceOtherCtOutput=False):
         from vmambax.data.patient import DifferentPatientsError
+        from VMambaXSegmentLib.scene_output import OutputOfAnotherCT
 
         if _BUSY.busy or self._task is not None:
             return  # a click queued while something runs (the button is disabled then)
@@ -386,18 +491,25 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     p.ctVolume, p.petVolume, p.outputSegmentation, model=p.model,
                     device=p.device, petUnits=p.petUnits, weightKg=p.weightKg or None,
                     doseMBq=p.doseMBq or None, allSlices=p.allSlices,
-                    allowDifferentPatients=allowDifferentPatients)
+                    allowDifferentPatients=allowDifferentPatients,
+                    replaceOtherCtOutput=replaceOtherCtOutput)
             except BaseException:
                 _BUSY.release(token)
                 raise
             self._taskToken = token
-        except DifferentPatientsError as exc:  # ask, and run again only if the user confirms
-            self.ui.statusLabel.text = _("Different patients: waiting for confirmation.")
-            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Segment anyway?"),
-                                               windowTitle=_("VMambaX: different patients?")):
-                self.onSegmentButton(allowDifferentPatients=True)
+        except (DifferentPatientsError, OutputOfAnotherCT) as exc:  # ask; again only if confirmed
+            patients = isinstance(exc, DifferentPatientsError)
+            self.ui.statusLabel.text = _("Waiting for your confirmation.")
+            question = _("Segment anyway?") if patients else _("Replace it?")
+            title = (_("VMambaX: different patients?") if patients
+                     else _("VMambaX: replace another CT's result?"))
+            if slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + question, windowTitle=title):
+                self.onSegmentButton(allowDifferentPatients=allowDifferentPatients or patients,
+                                     replaceOtherCtOutput=replaceOtherCtOutput or not patients)
             else:
-                self.ui.statusLabel.text = _("Not started: the CT and PET are of different patients.")
+                self.ui.statusLabel.text = (
+                    _("Not started: the CT and PET are of different patients.") if patients
+                    else _("Not started: the output was kept as it is."))
             self._updateButtons()
             return
         except Exception as exc:
@@ -412,7 +524,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancelButton(self):
         if self._task is not None:
             self._task.cancel()
-            self.ui.statusLabel.text = _("Cancelling after the current batch…")
+            self.ui.statusLabel.text = _("Cancelling…")
             self.ui.cancelButton.enabled = False
 
     def _onTimer(self):
@@ -459,7 +571,7 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Says which rule set the PET units, and every warning (partial PET, other study, ...).
         self.ui.statusLabel.text = output.statusText()
         if output.warnings:
-            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle="VMambaX")
+            slicer.util.warningDisplay("\n\n".join(output.warnings), windowTitle=_("VMambaX"))
         self.ui.lesionTableView.setMRMLTableNode(output.tableNode)
         output.segmentationNode.CreateClosedSurfaceRepresentation()
         from VMambaXCommon.display import show_pet_over_ct
@@ -471,10 +583,11 @@ class VMambaXSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 def _guessPetCt():
     """Pre-select CT and PET: DICOM modality (Slicer's DICOM database) first, whole-word names
-    as a fallback (VMambaXSegmentLib.inputs)."""
-    from VMambaXSegmentLib.inputs import guess_pet_ct
+    as a fallback; the largest non-localizer CT, the attenuation-corrected PET
+    (VMambaXSegmentLib.inputs)."""
+    from VMambaXSegmentLib.inputs import choose_pet_ct
 
-    return guess_pet_ct(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+    return choose_pet_ct(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
 
 
 #

@@ -15,6 +15,7 @@ import ctk  # noqa: F401 - registers the ctk widgets used by the .ui file
 import qt
 import slicer
 import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest,
@@ -38,17 +39,21 @@ if os.path.isdir(os.path.join(_CHECKOUT, "VMambaXCommon")) and _CHECKOUT not in 
     sys.path.append(_CHECKOUT)
 
 from VMambaXCommon.busy import SHARED as _BUSY
+from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import device_choices, refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
 from VMambaXTrainLib.logic import TrainingCase, defaultConfig
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
 
-CONFIG_CHOICES = (
-    ("vmambax", "vMambaX (paper network, needs a GPU)"),
-    ("vmambax-nano", "vMambaX nano (small, trains on a CPU)"),
-    ("cipa", "CIPA (comparison network)"),
-)
+
+
+def configChoices():
+    """The networks offered, as (config name, words); literals inside _() so they translate."""
+    return (("vmambax", _("vMambaX (paper network, needs a GPU)")),
+            ("vmambax-nano", _("vMambaX nano (small, trains on a CPU)")),
+            ("cipa", _("CIPA (comparison network)")))
+
 STOP_GRACE_S = 300  # a stop not honoured by then (a hung step) ends the process tree
 
 
@@ -77,8 +82,10 @@ class VMambaXTrain(ScriptedLoadableModule):
 @parameterNodeWrapper
 class VMambaXTrainParameterNode:
     """Everything the panel shows, saved with the scene. ``epochs`` and ``modelName`` are bound
-    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels)
-    and the folders are synchronised by hand."""
+    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels),
+    the folders and the case list are synchronised by hand. The scene cases are three lists of
+    node references, case i being (caseCts[i], casePets[i], caseSegmentations[i]): they are
+    saved with the scene and come back when it is loaded again."""
 
     config: str = ""  # "": not chosen yet -> vmambax with CUDA, vmambax-nano without
     epochs: Annotated[int, WithinRange(1, 10000)] = 50
@@ -86,6 +93,9 @@ class VMambaXTrainParameterNode:
     runFolder: str = ""
     dataFolder: str = ""
     modelName: str = "my-vmambax"
+    caseCts: list[vtkMRMLScalarVolumeNode]
+    casePets: list[vtkMRMLScalarVolumeNode]
+    caseSegmentations: list[vtkMRMLSegmentationNode]
 
 
 #
@@ -112,13 +122,14 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._cases = []
         self._run = None
+        self._trainToken = None  # our hold on the shared busy guard while the trainer runs
         self._modelName = None  # read and checked when the run started; registered at its end
         self._warnings = []  # the trainer's warning events of the current run
         self._chart = None
         self._dependenciesChecked = False
         self._updatingGUI = False
+        self._configGuessed = False  # the network was set before the device probe answered
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -132,13 +143,19 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.plotWidget.setMRMLScene(slicer.mrmlScene)
         self.ui.plotContainer.layout().addWidget(self.plotWidget)
 
-        for key, label in CONFIG_CHOICES:
-            self.ui.configComboBox.addItem(_(label), key)
+        for key, label in configChoices():
+            self.ui.configComboBox.addItem(label, key)
         refill_choices(self.ui.trainDeviceComboBox, device_choices(), "auto")
 
         self._timer = qt.QTimer()
         self._timer.setInterval(1000)
         self._timer.connect("timeout()", self._onTimer)
+        # Which GPUs PyTorch sees is asked in a child process (no torch in Slicer's).
+        self._deviceTimer = qt.QTimer()
+        self._deviceTimer.setInterval(250)
+        self._deviceTimer.connect("timeout()", self._onDeviceProbe)
+        _DEVICES.start()
+        self._deviceTimer.start()
 
         self.ui.sceneCasesRadioButton.connect("toggled(bool)", self._updateSourceVisibility)
         self.ui.addCaseButton.connect("clicked(bool)", self.onAddCase)
@@ -166,6 +183,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None and self._run.isRunning():
             self._run.stop()  # checkpoint and exit: the run can be resumed later
         self._timer.stop()
+        self._deviceTimer.stop()
+        _BUSY.release(self._trainToken)
         _BUSY.remove_listener(self._updateButtons)
         self.removeObservers()
 
@@ -184,7 +203,6 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         # A running training keeps going (it is a separate process); only scene links go.
-        self._cases = []
         self._chart = None
         self.setParameterNode(None)
         self.ui.casesListWidget.clear()
@@ -193,12 +211,23 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.parent.isEntered:
             self.initializeParameterNode()
 
+    def _onDeviceProbe(self):
+        if not _DEVICES.poll() and _DEVICES.pending:
+            return  # still asking
+        self._deviceTimer.stop()
+        p = self._parameterNode
+        refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")
+        if p is not None and self._configGuessed and p.config != defaultConfig():
+            p.config = defaultConfig()  # the guess before the probe answered was wrong
+        self._configGuessed = False
+
     # -- parameter node -------------------------------------------------------------------------
     def initializeParameterNode(self):
         p = self.logic.getParameterNode()
         with slicer.util.NodeModify(p):
             if not p.config:
                 p.config = defaultConfig()  # vmambax-nano without CUDA
+                self._configGuessed = not _DEVICES.answered
             if not p.runFolder:
                 p.runFolder = os.path.join(os.path.expanduser("~"), "VMambaX", "runs", "run1")
         self.setParameterNode(p)
@@ -228,6 +257,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.runFolderPathLineEdit.currentPath = p.runFolder
             if self.ui.dataFolderPathLineEdit.currentPath != p.dataFolder:
                 self.ui.dataFolderPathLineEdit.currentPath = p.dataFolder
+            self._showCases()
         finally:
             self._updatingGUI = False
         self._updateButtons()
@@ -236,6 +266,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None or self._updatingGUI:
             return
+        self._configGuessed = False  # the user's choice from now on
         with slicer.util.NodeModify(p):
             p.config = self.ui.configComboBox.currentData or defaultConfig()
             p.device = self.ui.trainDeviceComboBox.currentData or "auto"
@@ -257,24 +288,44 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:
             show_error(exc, _("Cannot add this case"))
             return
-        self._cases.append(case)
-        self.ui.casesListWidget.addItem(f"{case.ctNode.GetName()} | {case.petNode.GetName()} | "
-                                        f"{case.segmentationNode.GetName()}")
-        self._updateButtons()
+        p = self._parameterNode
+        with slicer.util.NodeModify(p):  # new lists: the wrapper saves what is assigned
+            p.caseCts = list(p.caseCts) + [case.ctNode]
+            p.casePets = list(p.casePets) + [case.petNode]
+            p.caseSegmentations = list(p.caseSegmentations) + [case.segmentationNode]
 
     def onRemoveCase(self):
         row = self.ui.casesListWidget.currentRow
-        if 0 <= row < len(self._cases):
-            del self._cases[row]
-            self.ui.casesListWidget.takeItem(row)
-        self._updateButtons()
+        p = self._parameterNode
+        if p is None or not 0 <= row < len(p.caseCts):
+            return
+        with slicer.util.NodeModify(p):
+            p.caseCts = [n for i, n in enumerate(p.caseCts) if i != row]
+            p.casePets = [n for i, n in enumerate(p.casePets) if i != row]
+            p.caseSegmentations = [n for i, n in enumerate(p.caseSegmentations) if i != row]
+
+    def _sceneCases(self):
+        """The scene cases of the parameter node (a case whose node was deleted is left out)."""
+        p = self._parameterNode
+        if p is None:
+            return []
+        return [TrainingCase(ct, pet, seg) for ct, pet, seg
+                in zip(p.caseCts, p.casePets, p.caseSegmentations)
+                if ct is not None and pet is not None and seg is not None]
+
+    def _showCases(self):
+        p = self._parameterNode
+        self.ui.casesListWidget.clear()
+        for ct, pet, seg in zip(p.caseCts, p.casePets, p.caseSegmentations):
+            names = [n.GetName() if n is not None else _("(deleted)") for n in (ct, pet, seg)]
+            self.ui.casesListWidget.addItem(" | ".join(names))
 
     def _updateButtons(self, *_args):
         running = self._run is not None and self._run.isRunning()
         busy = _BUSY.busy  # an install or export (this panel) or a segmentation (the other)
         p = self._parameterNode
         if self.ui.sceneCasesRadioButton.checked:
-            haveData = len(self._cases) >= 2
+            haveData = len(self._sceneCases()) >= 2
         else:
             haveData = bool(p and p.dataFolder and os.path.isdir(p.dataFolder))
         haveRun = bool(p and p.runFolder)
@@ -306,7 +357,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with _BUSY.hold(_("exporting the training cases")):  # the export runs processEvents
             self.ui.statusLabel.text = _("Exporting the cases…")
             slicer.app.processEvents()
-            self.logic.exportCases(self._cases, target, progress=self._showProgress)
+            self.logic.exportCases(self._sceneCases(), target, progress=self._showProgress)
         return target
 
     def _showProgress(self, fraction, message):
@@ -317,20 +368,18 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _ensureDependencies(self):
         if self._dependenciesChecked:
             return
-        from VMambaXCommon.dialogs import QtSettingsStore, ask_install_later_never
         from VMambaXCommon.install import ensure_dependencies_in_slicer
 
         with _BUSY.hold(_("installing Python packages")):  # pip runs with the event loop turning
-            notes = ensure_dependencies_in_slicer("train", settings=QtSettingsStore(),
-                                                  ask_gpu_extras=ask_install_later_never)
+            notes = ensure_dependencies_in_slicer("train")
         self._dependenciesChecked = True
         for note in notes:
             logging.info(note)
         if notes:
-            slicer.util.infoDisplay("\n\n".join(notes), windowTitle="VMambaX Train")
-        p = self._parameterNode
-        # A freshly installed CUDA torch adds the GPU; the user's device choice is kept.
-        refill_choices(self.ui.trainDeviceComboBox, device_choices(), p.device if p else "auto")
+            slicer.util.infoDisplay("\n\n".join(notes), windowTitle=_("VMambaX Train"))
+        # A freshly installed CUDA torch adds the GPU (the user's device choice is kept).
+        _DEVICES.start(force=True)
+        self._deviceTimer.start()
 
     def onStart(self, resume=False):
         if _BUSY.busy or (self._run is not None and self._run.isRunning()):
@@ -350,6 +399,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             show_error(exc, _("VMambaX training could not start"))
             self._updateButtons()
             return
+        # Held while the trainer runs: no segmentation (or install) shares its GPU meanwhile.
+        self._trainToken = _BUSY.acquire(_("training"))
         self._modelName = modelName
         self._warnings = []
         if self._chart is None or self._chart.chartNode.GetScene() is None:
@@ -408,6 +459,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showEvent(event)
         self._timer.stop()
         self._run = None
+        token, self._trainToken = self._trainToken, None
+        _BUSY.release(token)  # notifies both panels
         final = (run.finalEvent or {}).get("event")
         if final == "done":
             self._register(run)
@@ -440,17 +493,19 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         step, total = event.get("step"), event.get("total_steps")
         if step is not None and total:
             self.ui.progressBar.value = int(round(100 * min(step / total, 1.0)))
-        parts = [f"epoch {event.get('epoch', 0) + 1}"] if event.get("epoch") is not None else []
+        parts = []
+        if event.get("epoch") is not None:
+            parts.append(_("epoch {epoch}").format(epoch=event["epoch"] + 1))
         if step is not None and total:
-            parts.append(f"step {step}/{total}")
+            parts.append(_("step {step}/{total}").format(step=step, total=total))
         if event.get("loss") is not None:
-            parts.append(f"loss {event['loss']:.4f}")
+            parts.append(_("loss {loss:.4f}").format(loss=event["loss"]))
         if event.get("val_dice") is not None:
-            parts.append(f"validation Dice {event['val_dice']:.3f}")
+            parts.append(_("validation Dice {dice:.3f}").format(dice=event["val_dice"]))
         if event.get("eta_s"):
-            parts.append(f"about {event['eta_s'] / 60:.0f} min left")
+            parts.append(_("about {minutes:.0f} min left").format(minutes=event["eta_s"] / 60))
         if kind in ("step", "epoch", "start", "checkpoint"):
-            self.ui.statusLabel.text = _("Training: ") + ", ".join(parts)
+            self.ui.statusLabel.text = _("Training: {progress}").format(progress=", ".join(parts))
 
     def _register(self, run):
         name = self._modelName or "my-vmambax"  # as read and checked when the run started

@@ -14,6 +14,7 @@ instead of in a user's Slicer.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import sys
@@ -199,7 +200,22 @@ class FakeListWidget(FakeWidget):
         self.rows = []
 
 
-CLASSES = {"QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
+class FakePlainTextEdit(FakeWidget):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lines: list[str] = []
+
+    def appendPlainText(self, text):
+        self.lines.append(text)
+
+    def toPlainText(self):
+        return "\n".join(self.lines)
+
+    def clear(self):
+        self.lines = []
+
+
+CLASSES = {"QPlainTextEdit": FakePlainTextEdit, "QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
            "ctkPathLineEdit": FakePathLineEdit, "QSpinBox": FakeSpinBox,
            "ctkDoubleSpinBox": FakeSpinBox, "QDoubleSpinBox": FakeSpinBox,
            "QLineEdit": FakeLineEdit, "QListWidget": FakeListWidget, "QCheckBox": FakeCheckBox}
@@ -247,9 +263,16 @@ class WithinRange:
 _VALUES: dict[str, dict] = {}  # node ID -> typed values (Slicer keeps strings on the node)
 
 
+def _default(cls, name, hint):
+    """The class's default, else what Slicer's wrapper gives: an empty list for ``list[...]``."""
+    if hasattr(cls, name):
+        return getattr(cls, name)
+    return [] if typing.get_origin(hint) is list else None
+
+
 def parameterNodeWrapper(cls):
     hints = typing.get_type_hints(cls, include_extras=True)
-    defaults = {name: getattr(cls, name, None) for name in hints}
+    defaults = {name: _default(cls, name, hint) for name, hint in hints.items()}
 
     class Wrapper:
         __name__ = cls.__name__
@@ -257,7 +280,7 @@ def parameterNodeWrapper(cls):
         def __init__(self, node):
             object.__setattr__(self, "parameterNode", node)
             object.__setattr__(self, "_guis", {})
-            values = _VALUES.setdefault(node.GetID(), dict(defaults))
+            values = _VALUES.setdefault(node.GetID(), copy.deepcopy(defaults))
             object.__setattr__(self, "_values", values)
 
         def __bool__(self):
@@ -364,6 +387,10 @@ class FakeApp:
 
     def __init__(self):
         self.during_events: list = []
+        self.connections: list = []
+
+    def connect(self, signal, slot):
+        self.connections.append((signal, slot))
 
     def processEvents(self):
         while self.during_events:
@@ -443,6 +470,7 @@ def install(monkeypatch):
     monkeypatch.setattr(slicer.util, "warningDisplay",
                         lambda text, **kw: dialogs.warnings.append(text), raising=False)
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", confirm)
+    monkeypatch.setattr(slicer.util, "confirmYesNoDisplay", confirm, raising=False)
     monkeypatch.setattr(slicer.util, "showStatusMessage", lambda *a, **k: None)
     monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
     return types.SimpleNamespace(scene=scene, app=app, dialogs=dialogs)

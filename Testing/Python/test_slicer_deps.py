@@ -191,14 +191,14 @@ def _missing_core(monkeypatch, *reqs):
 
 def test_nothing_asked_when_complete():
     rec = Recorder()
-    notes = ensure_dependencies("segment", **rec.kwargs(offer_gpu_extras=False))
+    notes = ensure_dependencies("segment", **rec.kwargs())
     assert notes == [] and rec.questions == [] and rec.installed == []
 
 
 def test_missing_package_installed_after_consent(monkeypatch):
     _missing_core(monkeypatch, ABSENT)
     rec = Recorder()
-    notes = ensure_dependencies("segment", **rec.kwargs(offer_gpu_extras=False))
+    notes = ensure_dependencies("segment", **rec.kwargs())
     assert len(rec.questions) == 1 and "vmambax-no-such-package>=1.0" in rec.questions[0]
     assert rec.installed == ["vmambax-no-such-package>=1.0"] and rec.torch_calls == 0
     assert "Installed" in notes[0]
@@ -245,7 +245,7 @@ def test_torch_comes_from_the_pytorch_extension(monkeypatch):
         rec.torch_calls += 1
         state["torch"] = True
 
-    ensure_dependencies("segment", **{**rec.kwargs(offer_gpu_extras=False),
+    ensure_dependencies("segment", **{**rec.kwargs(),
                                       "install_torch": install_torch})
     assert rec.torch_calls == 1 and rec.installed == []  # never "pip install torch"
     assert "PyTorch torch>=2.5" in rec.questions[0]
@@ -267,49 +267,70 @@ def extras_absent(monkeypatch):
     deps.TorchBuild("2.13.0+rocm6.2", None, True, "linux", nvidia_gpu=False),  # ROCm: no CUDA
     deps.TorchBuild("2.13.0+cu128", "12.8", False, "linux", nvidia_gpu=False),  # no GPU seen
 ])
-def test_gpu_extras_offered_only_on_linux_with_a_cuda_torch(build, extras_absent):
+def test_gpu_extras_supported_only_on_linux_with_a_cuda_torch(build, extras_absent):
+    from VMambaXCommon.gpu_install import unsupported_reason
+
     assert not deps.gpu_extras_supported(build) and deps.gpu_extras_missing(build=build) == []
-    rec = Recorder()
-    assert ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: build)) == []
-    assert rec.questions == []
+    info = {"torch": build.version, "cuda": build.cuda_available,
+            "cuda_version": build.cuda_version, "platform": build.platform}
+    assert unsupported_reason(info)  # the panel's button says why it is off
     assert deps.gpu_extras_supported(LINUX_CUDA)
     assert deps.gpu_extras_missing(build=LINUX_CUDA) == list(deps.GPU_EXTRAS)
+    assert unsupported_reason({"torch": "2.13.0", "cuda": True, "cuda_version": "12.8",
+                               "platform": "linux"}) is None
 
 
-def test_gpu_extras_built_without_isolation_and_failure_is_only_a_note(extras_absent):
-    rec = Recorder(fail={"mamba-ssm"})
-    notes = ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: LINUX_CUDA))
-    assert "mamba-ssm and causal-conv1d" in rec.questions[0]
-    assert rec.installed == ["causal-conv1d>=1.4"] and rec.options == [["--no-build-isolation"]]
-    note = next(n for n in notes if "mamba-ssm could not be installed (optional" in n)
-    assert "Failed building wheel" in note and "--no-build-isolation mamba-ssm>=2.2" in note
-    # Declining the optional extras is fine too.
-    rec = Recorder(answer=False)
-    assert ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: LINUX_CUDA)) == []
-
-
-def test_dont_ask_again_is_remembered_in_the_settings(extras_absent):
-    from VMambaXCommon.install import GPU_EXTRAS_SETTING, MemorySettings
-
-    settings, asked = MemorySettings(), []
-
-    def ask(question):
-        asked.append(question)
-        return "never"
-
+def test_the_gpu_scan_build_is_never_offered_by_the_first_use_install(monkeypatch):
+    """Issue 17.3: even on Linux with a CUDA torch and the extras missing, a Segment click's
+    install asks nothing about mamba-ssm and builds nothing."""
+    _missing_core(monkeypatch, ABSENT)
+    monkeypatch.setattr(deps, "is_satisfied", lambda req: req not in deps.GPU_EXTRAS + (ABSENT,))
     rec = Recorder()
-    kwargs = rec.kwargs(torch_build=lambda: LINUX_CUDA, ask_gpu_extras=ask, settings=settings)
-    assert ensure_dependencies("segment", **kwargs) == []
-    assert len(asked) == 1 and settings.get(GPU_EXTRAS_SETTING) == "never"
-    assert ensure_dependencies("segment", **kwargs) == []  # the next session: not asked
-    assert len(asked) == 1 and rec.installed == []
-    # "Not now" asks again next time; "Install" installs.
-    answers = iter(["later", "install"])
-    kwargs.update(settings=MemorySettings(), ask_gpu_extras=lambda q: next(answers))
-    ensure_dependencies("segment", **kwargs)
-    assert rec.installed == []
-    ensure_dependencies("segment", **kwargs)
-    assert rec.installed == ["mamba-ssm>=2.2", "causal-conv1d>=1.4"]
+    ensure_dependencies("segment", **rec.kwargs(torch_build=lambda: LINUX_CUDA))
+    assert len(rec.questions) == 1 and "mamba-ssm" not in rec.questions[0]
+    assert rec.installed == ["vmambax-no-such-package>=1.0"]
+    assert rec.options == [["--no-deps"]]  # each package alone; its requirements follow
+
+
+def test_pip_skips_the_packages_slicer_bundles_and_installs_the_rest_one_by_one():
+    from VMambaXCommon.install import SLICER_BUNDLED, install_selectively
+
+    assert {"torch", "simpleitk", "requests", "numpy"} <= set(SLICER_BUNDLED)
+    metadata = {"mamba-ssm": ["torch", "packaging", "ninja", "einops", "triton",
+                              "transformers", "causal-conv1d>=1.4; extra == 'causal-conv1d'",
+                              "pywin32; sys_platform == 'win32'"],
+                "transformers": ["numpy>=1.17", "requests", "tokenizers>=0.19", "einops"],
+                "einops": [], "ninja": [], "tokenizers": []}
+    calls, log = [], []
+
+    def run_pip(args, timeout=None):
+        calls.append(args)
+        return 0, "Successfully installed"
+
+    left = install_selectively("mamba-ssm>=2.2", run_pip, options=("--no-build-isolation",),
+                               requires=lambda name: metadata.get(name, []),
+                               satisfied=lambda req: req.name == "packaging", log=log.append)
+    installed = [a[-1] for a in calls]
+    assert installed == ["mamba-ssm>=2.2", "ninja", "einops", "transformers", "tokenizers>=0.19"]
+    assert all(a[:3] == ["install", "--no-build-isolation", "--no-deps"] for a in calls)
+    assert sorted(left) == ["numpy>=1.17", "requests", "torch", "triton"]
+    assert any("torch: left as it is (comes from the PyTorch extension" in line for line in log)
+
+    def fail(args, timeout=None):
+        return 1, "ERROR: Failed building wheel for mamba-ssm"
+
+    with pytest.raises(DependencyError, match="Failed building wheel"):
+        install_selectively("mamba-ssm", fail, requires=lambda name: [])
+
+
+def test_a_restart_is_asked_for_only_when_a_loaded_package_changed(monkeypatch):
+    from VMambaXCommon import install
+
+    loaded = install.loaded_distributions({"numpy": None, "numpy.linalg": None, "json": None})
+    assert set(loaded) == {"numpy"}
+    assert install.restart_note(loaded) is None  # nothing changed
+    note = install.restart_note({"numpy": "0.0.1"})
+    assert note.startswith("Restart Slicer") and "numpy 0.0.1 -> " in note
 
 
 def test_cpu_torch_on_an_nvidia_machine_is_pointed_out_with_the_fix():
@@ -331,3 +352,22 @@ def test_nvidia_driver_detected_without_torch():
     import torch
 
     assert build.version and build.cuda_version == torch.version.cuda
+
+
+def test_the_cpu_torch_check_asks_the_device_probe_not_torch_in_slicer(monkeypatch):
+    """In Slicer the torch build is read from the probe's child process (no torch import in
+    Slicer's process); the window keeps painting while it answers."""
+    import json
+    import sys
+
+    from VMambaXCommon import devices, install
+
+    answer = {"event": "devices", "torch": "2.13.0+cpu", "cuda": False, "cuda_version": None,
+              "mps": False, "platform": "linux", "nvidia_gpu": True}
+    probe = devices.DeviceProbe(command=[sys.executable, "-c", f"print({json.dumps(answer)!r})"])
+    monkeypatch.setattr(devices, "PROBE", probe)
+    pumped = []
+    build = install.probed_torch_build(pump=lambda: pumped.append(1))
+    assert build == deps.TorchBuild("2.13.0+cpu", None, False, "linux", nvidia_gpu=True)
+    assert deps.cpu_torch_on_nvidia_machine(build)  # the warning the user then reads
+    assert pumped  # the GUI was kept alive while the child answered

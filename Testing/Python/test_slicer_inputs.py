@@ -86,3 +86,66 @@ def test_voxel_value_units_mark_a_pet():
     node.SetVoxelValueUnits(units)
     assert role_of(node) == ("PET", "voxel-value units")
     assert guess_pet_ct(_nodes(scene)) == (None, node)
+
+
+def _sized(scene, name, slices, modality=None, tags=None, size=8):
+    """A volume with voxels (``slices`` axial slices) and DICOM tags in the fake database."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from VMambaXCommon.mrml_sitk import add_volume_node_from_image
+
+    node = add_volume_node_from_image(scene, sitk.GetImageFromArray(
+        np.zeros((slices, size, size), np.int16)), name)
+    if modality:
+        uids = [generate_uid() for _ in range(2)]
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+        for uid in uids:
+            _DATABASE[(uid, "0008,0060")] = modality
+            for tag, value in (tags or {}).items():
+                _DATABASE[(uid, tag)] = value
+    return node
+
+
+def test_the_largest_ct_series_wins_and_a_localizer_never_does():
+    from VMambaXSegmentLib.inputs import choose_pet_ct
+
+    scene = slicer.vtkMRMLScene()
+    scout = _sized(scene, "Topogram 0.6 T20f", 1, "CT", {"0008,0008": "ORIGINAL\\PRIMARY\\LOCALIZER"},
+                   size=64)  # loaded first, and the most pixels per slice
+    thick = _sized(scene, "CT 5mm", 60, "CT")
+    thin = _sized(scene, "CT 2mm", 150, "CT")
+    pet = _sized(scene, "PET AC", 50, "PT", {"0028,0051": "DECY\\ATTN\\SCAT\\DTIM"})
+    choice = choose_pet_ct(_nodes(scene), _instance_value)
+    assert (choice.ct, choice.pet) == (thin, pet)
+    assert "CT 'CT 2mm' (the largest of 3 CT series, 150 slices" in choice.note
+    assert "not the localizer 'Topogram 0.6 T20f'" in choice.note
+    # A localizer alone is not taken: the user chooses, and is told why.
+    only = slicer.vtkMRMLScene()
+    _sized(only, "Scout", 1, "CT")
+    choice = choose_pet_ct(_nodes(only), _instance_value)
+    assert choice.ct is None and "look like localizers" in choice.note
+    assert thick is not None
+
+
+def test_the_attenuation_corrected_pet_wins_and_the_choice_is_named():
+    from VMambaXSegmentLib.inputs import attenuation_corrected, choose_pet_ct
+
+    scene = slicer.vtkMRMLScene()
+    nac = _sized(scene, "PET WB", 50, "PT", {"0028,0051": "DECY\\DTIM",
+                                             "0008,103E": "PET NAC WB"})  # loaded first
+    by_name = _sized(scene, "PET non-AC 3D", 50)  # no DICOM: "non AC" in the name
+    ac = _sized(scene, "PET WB", 50, "PT", {"0028,0051": "DECY\\ATTN\\SCAT\\DTIM"})
+    ct = _sized(scene, "CT", 50, "CT")
+    assert attenuation_corrected(nac, _instance_value) is False
+    assert attenuation_corrected(by_name, _instance_value) is False
+    assert attenuation_corrected(ac, _instance_value) is True
+    choice = choose_pet_ct(_nodes(scene), _instance_value)
+    assert (choice.ct, choice.pet) == (ct, ac)
+    assert "PET 'PET WB' (attenuation-corrected; not the non-attenuation-corrected 'PET WB', " \
+           "'PET non-AC 3D')" in choice.note
+    # Only an uncorrected PET: taken, and said loudly.
+    scene2 = slicer.vtkMRMLScene()
+    _sized(scene2, "PET NAC", 50, "PT")
+    choice = choose_pet_ct(_nodes(scene2), _instance_value)
+    assert choice.pet is not None and "NOT attenuation-corrected" in choice.note

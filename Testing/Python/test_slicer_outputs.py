@@ -57,9 +57,9 @@ def two_cts(phantoms):
     return scene, nodes
 
 
-def _run(ct, pet, output=None):
+def _run(ct, pet, output=None, **kwargs):
     return VMambaXSegmentLogic(segmenterClass=BlockSegmenter).segment(
-        ct, pet, outputSegmentation=output, model="block", petUnits="suv")
+        ct, pet, outputSegmentation=output, model="block", petUnits="suv", **kwargs)
 
 
 def _expected_mask(ct):
@@ -100,7 +100,8 @@ def test_a_picked_segmentation_takes_the_new_cts_geometry_and_table_name(two_cts
     scene, (ct_a, pet_a, ct_b, pet_b) = two_cts
     out_a = _run(ct_a, pet_a)
     seg = out_a.segmentationNode
-    out_b = _run(ct_b, pet_b, output=seg)  # the user picks A's segmentation for B
+    # The user picks A's segmentation for B: confirmed first (issue 17.4), then written.
+    out_b = _run(ct_b, pet_b, output=seg, replaceOtherCtOutput=True)
     assert out_b.segmentationNode is seg and out_b.tableNode is out_a.tableNode
     assert _reference(seg) is ct_b
     reference = mrml_sitk.oriented_image_from_array(_expected_mask(ct_b),
@@ -115,6 +116,27 @@ def test_a_picked_segmentation_takes_the_new_cts_geometry_and_table_name(two_cts
     assert out_a2.segmentationNode is not seg and _reference(out_a2.segmentationNode) is ct_a
     assert out_a2.tableNode is not out_b.tableNode
     assert out_a2.tableNode.GetName() == "A CT vMambaX lesions"
+
+
+def test_another_cts_result_in_a_picked_output_is_replaced_only_when_confirmed(two_cts):
+    scene, (ct_a, pet_a, ct_b, pet_b) = two_cts
+    seg = _run(ct_a, pet_a).segmentationNode
+    before = mrml_sitk.segment_to_array(seg, seg.GetSegmentation().GetSegmentIdBySegmentName(
+        scene_output.SEGMENT_NAME), ct_a).copy()
+    nodes = scene.GetNumberOfNodes()
+    with pytest.raises(scene_output.OutputOfAnotherCT) as refused:
+        _run(ct_b, pet_b, output=seg)
+    assert "'A CT'" in str(refused.value) and "'B CT'" in str(refused.value)
+    assert "leave the output empty" in str(refused.value)
+    # Nothing changed: A's tumour, the reference geometry, the node count.
+    assert scene.GetNumberOfNodes() == nodes and _reference(seg) is ct_a
+    assert seg.GetAttribute(scene_output.WRITTEN_FOR_CT_ATTRIBUTE) == ct_a.GetID()
+    segment_id = seg.GetSegmentation().GetSegmentIdBySegmentName(scene_output.SEGMENT_NAME)
+    np.testing.assert_array_equal(mrml_sitk.segment_to_array(seg, segment_id, ct_a), before)
+    # Re-running A into it, or any output VMambaX never wrote, needs no confirmation.
+    assert _run(ct_a, pet_a, output=seg).segmentationNode is seg
+    fresh = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    assert _run(ct_b, pet_b, output=fresh).segmentationNode is fresh
 
 
 def test_output_for_decides_without_writing(two_cts):
@@ -140,7 +162,8 @@ def test_failed_write_leaves_a_picked_segmentation_as_it_was(two_cts):
 
     with pytest.raises(RuntimeError, match="does not match the CT grid"):
         VMambaXSegmentLogic(segmenterClass=WrongShape).segment(
-            ct_b, pet_b, outputSegmentation=seg, model="x", petUnits="suv")
+            ct_b, pet_b, outputSegmentation=seg, model="x", petUnits="suv",
+            replaceOtherCtOutput=True)
     assert _reference(seg) is ct_a and _geometry(seg) == before
     assert scene_output.output_for(ct_a, None) is seg
     assert out_a.tableNode.GetName() == "A CT vMambaX lesions"

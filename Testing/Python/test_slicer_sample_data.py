@@ -1,4 +1,4 @@
-"""The "VMambaXPETCTPhantom" Sample Data entry: what its loader puts into a real MRML scene
+"""The "VMambaX PET/CT phantom" Sample Data entry: what its loader puts into a real MRML scene
 (slicer-core), that VMambaX Segment takes those nodes as they are, and that the module
 registers the entry with Slicer's Sample Data module after start-up.
 
@@ -110,7 +110,7 @@ def test_source_arguments_fit_sampledata_and_ship_a_thumbnail():
     def downloader(source):
         return source
 
-    icon = ROOT / "VMambaXSegment" / "Resources" / "Icons" / f"{sample_data.SAMPLE_NAME}.png"
+    icon = ROOT / "VMambaXSegment" / "Resources" / "Icons" / f"{sample_data.SAMPLE_ID}.png"
     args = sample_data.sample_source_arguments(downloader, str(icon))
     assert args["customDownloader"] is downloader and args["category"] == "VMambaX"
     # SampleDataSource requires equally long uris / fileNames / nodeNames.
@@ -120,7 +120,18 @@ def test_source_arguments_fit_sampledata_and_ship_a_thumbnail():
     with Image.open(args["thumbnailFileName"]) as image:
         assert image.size == (128, 128)
     cmake = (ROOT / "VMambaXSegment" / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert f"Resources/Icons/{sample_data.SAMPLE_NAME}.png" in cmake
+    assert f"Resources/Icons/{sample_data.SAMPLE_ID}.png" in cmake
+
+
+def test_the_sample_data_button_reads_as_words():
+    """SampleData writes sampleName under the button (its sampleDescription defaults to it):
+    words a user reads, not the identifier "VMambaXPETCTPhantom" (issue 17.4)."""
+    args = sample_data.sample_source_arguments(lambda source: source)
+    name = args["sampleName"]
+    assert name == "VMambaX PET/CT phantom" and " " in name
+    assert "VMambaXPETCTPhantom" not in name
+    # File names keep an identifier without spaces or slashes.
+    assert all("/" not in f and " " not in f for f in args["fileNames"])
 
 
 def _function(tree, name):

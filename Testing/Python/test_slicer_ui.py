@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("VMambaXSegment", "VMambaXTrain")
 QT_BUILTIN = {"QWidget", "QLabel", "QComboBox", "QPushButton", "QProgressBar", "QFormLayout",
               "QVBoxLayout", "QHBoxLayout", "QRadioButton", "QListWidget", "QSpinBox",
-              "QDoubleSpinBox", "QLineEdit", "QCheckBox", "QTableView", "QGroupBox"}
+              "QDoubleSpinBox", "QLineEdit", "QCheckBox", "QTableView", "QGroupBox", "QPlainTextEdit"}
 
 
 def _ui_tree(module):

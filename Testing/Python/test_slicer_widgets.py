@@ -14,10 +14,18 @@ import psutil
 import pytest
 
 import slicer_fakes
-from VMambaXCommon import busy, install
+from VMambaXCommon import busy, devices, install
 from VMambaXCommon.devices import device_choices
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+
+def _probe_says(cuda, mps=False):
+    """A device probe command answering as ``python -m vmambax.infer.worker --devices`` would."""
+    answer = {"event": "devices", "torch": "2.13.0", "cuda": cuda, "mps": mps,
+              "cuda_version": "12.4" if cuda else None, "platform": sys.platform,
+              "gpu_extras_supported": cuda, "nvidia_gpu": cuda}
+    return [sys.executable, "-c", f"import json; print(json.dumps({answer!r}))"]
 
 
 @pytest.fixture
@@ -25,6 +33,7 @@ def gui(monkeypatch, tmp_path):
     monkeypatch.setenv("VMAMBAX_HOME", str(tmp_path / "home"))  # an empty user model registry
     env = slicer_fakes.install(monkeypatch)
     monkeypatch.setattr(busy, "SHARED", busy.BusyGuard())  # this test's Slicer session
+    monkeypatch.setattr(devices, "PROBE", devices.DeviceProbe(command=_probe_says(cuda=False)))
     env.segment = slicer_fakes.import_module_file(monkeypatch, "VMambaXSegment")
     env.train = slicer_fakes.import_module_file(monkeypatch, "VMambaXTrain")
     env.widgets = []
@@ -104,9 +113,8 @@ def test_segment_keeps_the_users_device_through_the_first_install(gui, monkeypat
     assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cpu"
     assert segment._parameterNode.device == "cpu"
     assert gui.dialogs.infos == ["Installed: torch>=2.5"] and gui.dialogs.errors == []
-    # The GPU-extras question can say "Don't ask again" (QSettings-backed).
-    assert record.install_kwargs[0].get("settings") is not None
-    assert record.install_kwargs[0].get("ask_gpu_extras") is not None
+    # Issue 17.3: no GPU-extras question inside the Segment click (its own action).
+    assert record.install_kwargs[0] == {}
     record.task.done = True
     segment._onTimer()
     # Point 19: the PET over the CT, in PET-Heat colours.
@@ -397,3 +405,109 @@ def test_segment_start_and_display_failures_are_reported(gui, monkeypatch):
     assert "could not be shown: no table" in segment.ui.statusLabel.text
     assert len(gui.dialogs.errors) == 2 and "no table" in gui.dialogs.errors[1]
     assert not busy.SHARED.busy and segment._task is None and segment.ui.segmentButton.enabled
+
+
+def _until_answered(widget, timeout=30):
+    deadline = time.monotonic() + timeout
+    while widget._deviceTimer.active:
+        assert time.monotonic() < deadline, "the device probe did not answer"
+        widget._onDeviceProbe()  # what the timer does every 250 ms
+        time.sleep(0.02)
+
+
+def test_device_lists_fill_when_the_probe_answers_keeping_the_saved_choice(gui, monkeypatch):
+    monkeypatch.setattr(devices.PROBE, "_command", _probe_says(cuda=True))  # a GPU machine
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    segment._parameterNode.device = "cuda"  # a scene saved on a GPU machine
+    combo = segment.ui.deviceComboBox
+    assert combo.data() == ["auto", "cpu"]  # at once, without asking torch
+    assert segment._parameterNode.device == "cuda"  # kept while the list is incomplete
+    for widget in (segment, train):
+        _until_answered(widget)
+    assert combo.data() == ["auto", "cpu", "cuda"] and combo.currentData == "cuda"
+    assert train.ui.trainDeviceComboBox.data() == ["auto", "cpu", "cuda"]
+    # The network guessed before the answer follows it (CUDA: the paper's network).
+    assert train._parameterNode.config == "vmambax"
+
+
+def test_train_case_list_lives_in_the_parameter_node(gui):
+    """Issue 17.4: the scene cases are node references in the parameter node, so they are saved
+    with the scene and come back when it is loaded (here: the panel let go and came back)."""
+    from VMambaXCommon.testing import add_phantom_case
+
+    train = _widget(gui, gui.train, "VMambaXTrainWidget")
+    p = train._parameterNode
+    cases = [add_phantom_case(gui.scene, seed=s, size=32, n_slices=4, prefix=f"C{s} ",
+                              segmentation=True)
+             for s in (1, 2)]
+    for ct, pet, _phantom, seg in cases:
+        train.ui.caseCtSelector.setCurrentNode(ct)
+        train.ui.casePetSelector.setCurrentNode(pet)
+        train.ui.caseSegmentationSelector.setCurrentNode(seg)
+        train.ui.addCaseButton.click()
+    assert gui.dialogs.errors == []
+    assert p.caseCts == [cases[0][0], cases[1][0]] and p.casePets == [cases[0][1], cases[1][1]]
+    assert p.caseSegmentations == [cases[0][3], cases[1][3]]
+    assert len(train.ui.casesListWidget.rows) == 2 and "C1 " in train.ui.casesListWidget.rows[0]
+    assert train.ui.startButton.enabled  # two cases and a run folder
+    train.exit()
+    train.ui.casesListWidget.clear()
+    train.enter()  # the list is rebuilt from the node
+    assert len(train.ui.casesListWidget.rows) == 2
+    train.ui.casesListWidget.currentRow = 0
+    train.ui.removeCaseButton.click()
+    assert p.caseCts == [cases[1][0]] and len(train.ui.casesListWidget.rows) == 1
+    assert not train.ui.startButton.enabled
+
+
+def test_the_busy_guard_is_held_while_training_runs(gui, monkeypatch, tmp_path):
+    """Issue 17.4: while the trainer runs, Segment is disabled (no segmentation shares the GPU
+    with a training run), and it is enabled again when the run ends."""
+    train, record = _train_panel(gui, monkeypatch, tmp_path)
+    segment = _widget(gui, gui.segment, "VMambaXSegmentWidget")
+    from VMambaXCommon.testing import add_phantom_case
+
+    ct, pet, _ph, _seg = add_phantom_case(gui.scene, seed=2, size=32, n_slices=4)
+    segment._parameterNode.ctVolume, segment._parameterNode.petVolume = ct, pet
+    assert segment.ui.segmentButton.enabled
+    train.onStart(resume=False)
+    assert len(record.runs) == 1 and busy.SHARED.busy and busy.SHARED.job == "training"
+    assert not segment.ui.segmentButton.enabled
+    assert "training" in segment.ui.segmentButton.toolTip
+    runs = []
+    monkeypatch.setattr(segment.logic, "segmentAsync", lambda *a, **k: runs.append(k))
+    monkeypatch.setattr(install, "ensure_dependencies_in_slicer", lambda feature, **k: [])
+    segment.onSegmentButton()  # a click that slips through is refused
+    assert runs == []
+    record.runs[0].running, record.runs[0].finalEvent = False, {"event": "stopped"}
+    train._onTimer()
+    assert not busy.SHARED.busy and segment.ui.segmentButton.enabled
+
+
+@pytest.mark.parametrize("kind", ["other CT's output", "different patients"])
+def test_segment_asks_before_replacing_another_cts_result(gui, monkeypatch, kind):
+    from vmambax.data.patient import DifferentPatientsError
+    from VMambaXSegmentLib.scene_output import OutputOfAnotherCT
+
+    segment, _pet, record = _segment_panel(gui, monkeypatch)
+    flag = "replaceOtherCtOutput" if kind == "other CT's output" else "allowDifferentPatients"
+    error = (OutputOfAnotherCT("the output holds the 'Lung tumour' segmented on 'CT 1'")
+             if flag == "replaceOtherCtOutput" else DifferentPatientsError("PAT-1 vs PAT-2"))
+    calls = []
+
+    def start(*args, **kwargs):
+        calls.append(kwargs.get(flag))
+        if not kwargs.get(flag):
+            raise error
+        return record.task
+
+    monkeypatch.setattr(segment.logic, "segmentAsync", start)
+    gui.dialogs.answer = False  # "No": nothing runs, the output stays
+    segment.ui.segmentButton.click()
+    assert calls == [False] and segment._task is None and not busy.SHARED.busy
+    assert segment.ui.statusLabel.text.startswith("Not started")
+    assert str(error) in gui.dialogs.confirms[-1]
+    gui.dialogs.answer = True  # "Yes": run again with the confirmation
+    segment.ui.segmentButton.click()
+    assert calls == [False, False, True] and segment._task is record.task

@@ -4,10 +4,15 @@ The DICOM Modality (0008,0060) of a volume's files decides first: ``CT`` or ``PT
 whose voxel-value units say PET (SUV, Bq/mL; PETDICOMExtension sets them) is a PET. Names are
 only a fallback, for volumes with no DICOM modality, and match whole words: a series called
 "PET CTAC" (PET attenuation-corrected with the CT) is no CT, and "corrected" has no "ct" in it.
+Among several: the largest CT series that is not a localizer (ImageType LOCALIZER, a scout
+name, or a handful of slices), and the attenuation-corrected PET (CorrectedImage ATTN; "NAC"
+in the name or series description marks the uncorrected one); ``choose_pet_ct`` says which
+and why, for the panel's status line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Callable, Iterable
 
@@ -67,21 +72,125 @@ def role_of(node, instance_value: InstanceValue | None = None) -> tuple[str, str
     return "", ""
 
 
-def guess_pet_ct(nodes: Iterable, instance_value: InstanceValue | None = None):
-    """``(ct, pet)`` among ``nodes`` (either may be None): the first volume of each role found
-    by DICOM modality or units, else the first found by name. Label maps are skipped."""
-    found: dict[str, dict[bool, object]] = {"CT": {}, "PET": {}}
-    for node in nodes:
+IMAGE_TYPE_TAG = "0008,0008"  # LOCALIZER for scout / topogram images
+CORRECTED_IMAGE_TAG = "0028,0051"  # ATTN when the PET is attenuation-corrected
+SERIES_DESCRIPTION_TAG = "0008,103E"
+LOCALIZER_WORDS = frozenset({"localizer", "localiser", "scout", "topogram", "surview", "scanogram"})
+NAC_WORDS = frozenset({"nac", "noac", "uncorrected", "nonac"})  # not attenuation-corrected
+MIN_SLICES = 3  # a CT of fewer slices is a scout or a single image (3-plane scouts load apart)
+
+
+@dataclasses.dataclass
+class PetCtChoice:
+    """The pre-selected CT and PET (either may be None) and, in words, why those."""
+
+    ct: object
+    pet: object
+    note: str = ""
+
+
+def _slices(node) -> int | None:
+    data = node.GetImageData() if node is not None else None
+    return data.GetDimensions()[2] if data is not None else None
+
+
+def _voxels(node) -> int:
+    data = node.GetImageData() if node is not None else None
+    if data is None:
+        return 0
+    x, y, z = data.GetDimensions()
+    return x * y * z
+
+
+def _tag(node, tag, instance_value) -> str:
+    uids = dicom_tags.instance_uids(node)
+    return (instance_value or dicom_tags.instance_value)(uids[0], tag) if uids else ""
+
+
+def _words(node, instance_value) -> set[str]:
+    """The node's name and its DICOM series description, as words (with "non AC" as "nonac")."""
+    text = f"{node.GetName()} {_tag(node, SERIES_DESCRIPTION_TAG, instance_value)}"
+    words = name_words(text)
+    joined = {a + b for a, b in zip(words, words[1:]) if a in ("non", "no") and b == "ac"}
+    return set(words) | joined
+
+
+def is_localizer(node, instance_value: InstanceValue | None = None) -> bool:
+    """A scout / topogram: DICOM ImageType LOCALIZER, such a word in its name, or too few slices."""
+    image_type = _tag(node, IMAGE_TYPE_TAG, instance_value).upper()
+    slices = _slices(node)
+    return ("LOCALIZER" in image_type or bool(LOCALIZER_WORDS & _words(node, instance_value))
+            or (slices is not None and slices < MIN_SLICES))
+
+
+def attenuation_corrected(node, instance_value: InstanceValue | None = None) -> bool | None:
+    """True / False from DICOM CorrectedImage (ATTN) or words like "NAC"; None when unknown."""
+    corrected = _tag(node, CORRECTED_IMAGE_TAG, instance_value).upper()
+    if corrected:
+        return "ATTN" in corrected
+    if NAC_WORDS & _words(node, instance_value):
+        return False
+    return None
+
+
+def choose_pet_ct(nodes: Iterable, instance_value: InstanceValue | None = None) -> PetCtChoice:
+    """The CT and PET to pre-select among ``nodes``, and a note naming them and why.
+
+    Roles by DICOM modality or units first, names only when nothing else says (label maps are
+    skipped). Among the CTs: never a localizer, then the largest series (most voxels). Among
+    the PETs: the attenuation-corrected one (a non-attenuation-corrected PET is a PET of
+    wrong uptake values; taken only when it is the only PET, and then said).
+    """
+    found: dict[str, list] = {"CT": [], "PET": []}
+    for order, node in enumerate(nodes):
         if node is None or node.IsA("vtkMRMLLabelMapVolumeNode"):
             continue
         role, how = role_of(node, instance_value)
         if role:
-            found[role].setdefault(how == "name", node)
+            found[role].append((how == "name", order, node))
+    cts = [(is_localizer(n, instance_value), by_name, -_voxels(n), order, n)
+           for by_name, order, n in found["CT"]]
+    pets = [(attenuation_corrected(n, instance_value) is False, by_name,
+             attenuation_corrected(n, instance_value) is not True, order, n)
+            for by_name, order, n in found["PET"]]
+    best_ct = min(cts, key=lambda c: c[:4]) if cts else None
+    ct = best_ct[-1] if best_ct is not None and not best_ct[0] else None  # never a localizer
+    pet = min(pets, key=lambda p: p[:4])[-1] if pets else None
+    return PetCtChoice(ct, pet, _choice_note(ct, pet, cts, pets, instance_value))
 
-    def pick(role):
-        return found[role].get(False) or found[role].get(True)
 
-    return pick("CT"), pick("PET")
+def _choice_note(ct, pet, cts, pets, instance_value) -> str:
+    parts = []
+    if ct is not None:
+        why = []
+        others = [c[-1] for c in cts if c[-1] is not ct]
+        if others:
+            why.append(f"the largest of {len(cts)} CT series, {_slices(ct)} slices")
+        skipped = [c[-1].GetName() for c in cts if c[0]]
+        if skipped:
+            why.append("not the localizer " + ", ".join(repr(n) for n in skipped))
+        parts.append(f"CT {ct.GetName()!r}" + (f" ({'; '.join(why)})" if why else ""))
+    elif cts:
+        parts.append("no CT: " + ", ".join(repr(c[-1].GetName()) for c in cts)
+                     + " look like localizers; choose the CT by hand")
+    if pet is not None:
+        corrected = attenuation_corrected(pet, instance_value)
+        why = []
+        if corrected:
+            why.append("attenuation-corrected")
+        elif corrected is False:
+            why.append("NOT attenuation-corrected: the only PET; load the corrected series")
+        nac = [p[-1].GetName() for p in pets if p[-1] is not pet and p[0]]
+        if nac:
+            why.append("not the non-attenuation-corrected " + ", ".join(repr(n) for n in nac))
+        parts.append(f"PET {pet.GetName()!r}" + (f" ({'; '.join(why)})" if why else ""))
+    return ("Chosen: " + "; ".join(parts) + ".") if parts else ""
+
+
+def guess_pet_ct(nodes: Iterable, instance_value: InstanceValue | None = None):
+    """``(ct, pet)`` of ``choose_pet_ct`` (either may be None)."""
+    choice = choose_pet_ct(nodes, instance_value)
+    return choice.ct, choice.pet
 
 
 def _sample(node, count: int = 200_000):

@@ -9,9 +9,13 @@ GUI-free, so it runs from Slicer's Python console, from scripts and under ``slic
     out = task.apply()                                           # main thread, when done
 
 Work is split so Slicer never freezes and the scene is only touched on the main thread: inputs
-are validated and read into SimpleITK images first (nothing is created yet), the network runs on
-a worker thread (``vmambax.infer.Segmenter``), and only a finished, non-cancelled run writes to
-the scene. A failure or a cancel leaves the scene exactly as it was.
+are validated and read into SimpleITK images first (nothing is created yet, and the PET's units
+are decided here), the network runs in a separate ``vmambax`` worker process
+(``worker_task``: a crash or running out of memory there cannot take Slicer down, Cancel ends
+it at once, and its memory goes back to the system when it ends), and only a finished,
+non-cancelled run writes to the scene. A failure or a cancel leaves the scene exactly as it was.
+``inProcess=True`` (or a custom ``segmenterClass``) runs the Segmenter on a thread of this
+process instead, for scripts that want it.
 """
 
 from __future__ import annotations
@@ -20,16 +24,14 @@ import dataclasses
 import json
 from typing import Any, Callable
 
-from vmambax.data.case import check_not_swapped, inspect_pair
-from vmambax.data.patient import check_same_patient
 from vmambax.errors import ConfigError, InputError
 
 from VMambaXCommon.devices import device_choices
 from VMambaXCommon.dicom_tags import identity_tags_from_node
-from VMambaXSegmentLib import scene_output
-from VMambaXCommon.mrml_sitk import volume_node_to_image
-from VMambaXCommon.pet import pet_node_to_suv
 from VMambaXSegmentLib.task import BackgroundTask
+
+# Slicer imports this module at start-up (the module's Logic class): the data layer (SimpleITK,
+# scipy, pydicom) and the scene helpers are imported where they are used, not here.
 
 ProgressFn = Callable[[float, str], None]
 
@@ -97,8 +99,11 @@ class VMambaXSegmentLogic:
     """Segment lung tumours on a co-registered PET/CT pair in the MRML scene."""
 
     def __init__(self, segmenterClass=None):
-        # The Segmenter class can be swapped (e.g. a subclass with a fixed thread count).
+        # The Segmenter class can be swapped (e.g. a subclass with a fixed thread count); such
+        # a class runs in this process (it cannot be handed to the worker).
         self.segmenterClass = segmenterClass
+        # worker_task.worker_compute options: python (default PythonSlicer), temp_dir, on_started.
+        self.workerOptions: dict = {}
 
     # -- choices for the GUI ----------------------------------------------------------------
     @staticmethod
@@ -130,8 +135,8 @@ class VMambaXSegmentLogic:
     # -- steps ------------------------------------------------------------------------------
     def prepare(self, ctNode, petNode, outputSegmentation=None, petUnits: str = "auto",
                 petTags=None, weightKg: float | None = None, doseMBq: float | None = None,
-                petRwvmFile=None, ctTags=None,
-                allowDifferentPatients: bool = False) -> SegmentInputs:
+                petRwvmFile=None, ctTags=None, allowDifferentPatients: bool = False,
+                replaceOtherCtOutput: bool = False) -> SegmentInputs:
         """Validate and read the inputs (main thread). Changes nothing in the scene.
 
         Swapped CT and PET are refused before the PET's units are worked out, so the user is
@@ -141,7 +146,16 @@ class VMambaXSegmentLogic:
         database). Different PatientIDs raise ``DifferentPatientsError`` unless
         ``allowDifferentPatients`` (the widget asks first); other problems worth knowing
         (partial PET coverage, other study or frame of reference) come back as warnings.
+        A chosen output holding the tumour of another CT raises ``OutputOfAnotherCT`` unless
+        ``replaceOtherCtOutput`` (the widget asks first).
         """
+        from vmambax.data.case import check_not_swapped, inspect_pair
+        from vmambax.data.patient import check_same_patient
+
+        from VMambaXCommon.mrml_sitk import volume_node_to_image
+        from VMambaXCommon.pet import pet_node_to_suv
+        from VMambaXSegmentLib import scene_output
+
         _check_volume(ctNode, "CT")
         _check_volume(petNode, "PET")
         if ctNode is petNode:
@@ -154,6 +168,8 @@ class VMambaXSegmentLogic:
             if outputSegmentation.GetScene() is not ctNode.GetScene():
                 raise InputError("the output segmentation is not in the CT's scene")
             scene_output.check_output_transform(outputSegmentation, ctNode)
+            if not replaceOtherCtOutput:
+                scene_output.check_other_ct_output(outputSegmentation, ctNode)
         if ctTags is None:
             ctTags = identity_tags_from_node(ctNode)
         petIdentity = petTags if petTags is not None else identity_tags_from_node(petNode)
@@ -171,40 +187,56 @@ class VMambaXSegmentLogic:
                              pet_units_rule=converted.rule, warnings=notes)
 
     def _segmenter(self, model, device, batchSize, progress, cancel, allSlices=False):
-        if self.segmenterClass is None:
-            from vmambax.infer.segmenter import Segmenter
-
-            self.segmenterClass = Segmenter
-        return self.segmenterClass(model=model, device=device, batch_size=batchSize,
-                                   progress=progress, cancel=cancel, all_slices=allSlices)
+        segmenter_class = self.segmenterClass
+        if segmenter_class is None:  # not stored: a later default run still uses the worker
+            from vmambax.infer.segmenter import Segmenter as segmenter_class
+        return segmenter_class(model=model, device=device, batch_size=batchSize,
+                               progress=progress, cancel=cancel, all_slices=allSlices)
 
     def segmentAsync(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                      device: str = "auto", progress: ProgressFn | None = None,
                      petUnits: str = "auto", petTags=None, weightKg: float | None = None,
                      doseMBq: float | None = None, batchSize: int | None = None,
                      allSlices: bool = False, start: bool = True, ctTags=None,
-                     allowDifferentPatients: bool = False, petRwvmFile=None) -> BackgroundTask:
-        """Validate now, segment on a worker thread; call ``task.apply()`` once ``task.done``.
+                     allowDifferentPatients: bool = False, petRwvmFile=None,
+                     inProcess: bool | None = None,
+                     replaceOtherCtOutput: bool = False) -> BackgroundTask:
+        """Validate now, segment in the background; call ``task.apply()`` once ``task.done``.
 
         By default the network runs only on the slices around the CT's lungs (the others stay
         empty; a CT without lungs is an ``InputError``); ``allSlices=True`` runs every slice.
-        ``petTags``, ``ctTags``, ``petRwvmFile``: as for ``prepare``.
+        ``petTags``, ``ctTags``, ``petRwvmFile``, ``allowDifferentPatients``,
+        ``replaceOtherCtOutput``: as for ``prepare``.
+        ``inProcess``: False (the default) runs the network in a ``vmambax`` worker process;
+        True on a thread of this process (the default when a ``segmenterClass`` was given,
+        which cannot be handed to another process).
 
-        Input errors are raised here, before anything runs. ``task.cancel()`` stops the network
-        within one batch; ``apply`` then raises ``Cancelled`` and the scene is unchanged.
-        Progress of a background run is read with ``task.snapshot()`` (``progress`` is only
-        called for synchronous runs: GUI code must not be called from the worker thread).
+        Input errors are raised here, before anything runs. ``task.cancel()`` ends the worker
+        process at once (in-process: stops within one batch); ``apply`` then raises
+        ``Cancelled`` and the scene is unchanged. Progress of a background run is read with
+        ``task.snapshot()`` (``progress`` is only called for synchronous runs: GUI code must not
+        be called from the background thread).
         """
         if not model:
             raise ConfigError("no model selected; choose a model (or Browse… for a model file)")
         inputs = self.prepare(ctNode, petNode, outputSegmentation, petUnits, petTags, weightKg,
                               doseMBq, petRwvmFile=petRwvmFile, ctTags=ctTags,
-                              allowDifferentPatients=allowDifferentPatients)
+                              allowDifferentPatients=allowDifferentPatients,
+                              replaceOtherCtOutput=replaceOtherCtOutput)
 
-        def compute(report, cancel):
-            report(0.0, "Loading the model")
-            segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
-            return segmenter.segment(inputs.ct, inputs.pet_suv)
+        if inProcess is None:
+            inProcess = self.segmenterClass is not None
+        if inProcess:
+            def compute(report, cancel):
+                report(0.0, "Loading the model")
+                segmenter = self._segmenter(model, device, batchSize, report, cancel, allSlices)
+                return segmenter.segment(inputs.ct, inputs.pet_suv)
+        else:
+            from VMambaXSegmentLib.worker_task import worker_compute
+
+            options = {"model": str(model), "device": device, "batch_size": batchSize,
+                       "all_slices": bool(allSlices)}
+            compute = worker_compute(inputs.ct, inputs.pet_suv, options, **self.workerOptions)
 
         def apply(result):
             output = self._writeOutput(ctNode, outputSegmentation, result, inputs)
@@ -217,8 +249,9 @@ class VMambaXSegmentLogic:
 
     def segment(self, ctNode, petNode, outputSegmentation=None, model: str = "default",
                 device: str = "auto", progress: ProgressFn | None = None, **kwargs) -> SegmentOutput:
-        """Segment synchronously (Python console, scripts, tests); same arguments as
-        ``segmentAsync``. Returns the output nodes and the Segmenter's result."""
+        """Segment and wait (Python console, scripts, tests: the GUI-free ``process()`` call of
+        SlicerTotalSegmentator); same arguments as ``segmentAsync`` (``inProcess=True`` runs
+        the network in this process). Returns the output nodes and the Segmenter's result."""
         task = self.segmentAsync(ctNode, petNode, outputSegmentation, model=model, device=device,
                                  progress=progress, start=False, **kwargs)
         return task.run()
@@ -228,6 +261,8 @@ class VMambaXSegmentLogic:
         if ctNode.GetScene() is None:
             raise InputError(f"the CT {ctNode.GetName()!r} was removed from the scene while "
                              f"segmenting; nothing was written")
+        from VMambaXSegmentLib import scene_output
+
         scene = ctNode.GetScene()
         created, picked_state = [], None
         try:

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from vmambax.errors import InputError
 from VMambaXCommon.mrml_sitk import ijk_to_ras, oriented_image_from_array
 
 SEGMENT_NAME = "Lung tumour"
@@ -113,10 +114,30 @@ def new_output(ct_node):
     return segmentation
 
 
+class OutputOfAnotherCT(InputError):
+    """The chosen output holds the tumour segmented on another CT (the widget asks first)."""
+
+
+def check_other_ct_output(segmentation_node, ct_node) -> None:
+    """Refuse to overwrite the "Lung tumour" another CT's run wrote into a picked output, unless
+    the caller confirmed (the user chose it explicitly; replacing it silently lost that CT's
+    result). Outputs never written by VMambaX, or last written for this CT, pass."""
+    written_for = segmentation_node.GetAttribute(WRITTEN_FOR_CT_ATTRIBUTE)
+    if not written_for or written_for == ct_node.GetID():
+        return
+    if not segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(SEGMENT_NAME):
+        return
+    other = ct_node.GetScene().GetNodeByID(written_for)
+    other_name = repr(other.GetName()) if other is not None else "a CT no longer in the scene"
+    raise OutputOfAnotherCT(
+        f"the output segmentation {segmentation_node.GetName()!r} holds the {SEGMENT_NAME!r} "
+        f"segmented on {other_name}; segmenting {ct_node.GetName()!r} into it replaces that "
+        f"result (its other segments are kept). Confirm, or leave the output empty to create "
+        f"a new segmentation for this CT")
+
+
 def check_output_transform(segmentation_node, ct_node) -> None:
     """Refuse a picked output under another transform than the CT (before the run)."""
-    from vmambax.errors import InputError
-
     if segmentation_node is None or segmentation_node.GetScene() is None:
         return
     if segmentation_node.GetTransformNodeID() != ct_node.GetTransformNodeID():

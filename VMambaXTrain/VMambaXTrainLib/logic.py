@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import subprocess
 import time
 from pathlib import Path
 
-from vmambax.data.rtstruct import TUMOUR_WORDS as TUMOUR_SEGMENT_WORDS  # one list: ROIs, segments
 from vmambax.errors import ConfigError, InputError, ModelFileError
 from vmambax.utils import atomic_dir
 
-from VMambaXCommon.processes import launch, python_executable, terminate_tree
+from VMambaXCommon.processes import launch, python_executable, terminate_tree, vmambax_env
 from vmambax.locks import RunLock  # the one lock implementation (core)
 
 TERMINAL_EVENTS = ("done", "stopped", "error")
@@ -53,13 +51,15 @@ class TrainingCase:
 def tumourSegmentId(segmentationNode) -> str:
     """The segment holding the tumour: named like one (tumour, tumor, lesion, GTV...), or the
     only segment. Raises InputError listing the segments when it is ambiguous."""
+    from vmambax.data.rtstruct import TUMOUR_WORDS  # one list: ROIs, segments
+
     segmentation = segmentationNode.GetSegmentation()
     ids = [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
     if not ids:
         raise InputError(f"segmentation {segmentationNode.GetName()!r} has no segments; draw the "
                          f"tumour in Segment Editor first")
     matches = [i for i in ids
-               if any(w in segmentation.GetSegment(i).GetName().lower() for w in TUMOUR_SEGMENT_WORDS)]
+               if any(w in segmentation.GetSegment(i).GetName().lower() for w in TUMOUR_WORDS)]
     if len(matches) == 1 or (matches and len(ids) == 1):
         return matches[0]
     if len(ids) == 1:
@@ -88,9 +88,14 @@ def defaultConfig(cuda: bool | None = None) -> str:
     """The network a new run starts with: the paper's on a CUDA GPU, the nano one elsewhere
     (the full network takes days per epoch on a CPU)."""
     if cuda is None:
-        from vmambax.deps import cuda_available
+        from VMambaXCommon.devices import PROBE
 
-        cuda = cuda_available()
+        if PROBE.answered:
+            cuda = bool(PROBE.info.get("cuda"))
+        else:  # no torch import in Slicer: an NVIDIA driver is the guess until the probe answers
+            from vmambax.deps import nvidia_gpu_present
+
+            cuda = nvidia_gpu_present()
     return "vmambax" if cuda else "vmambax-nano"
 
 
@@ -314,13 +319,7 @@ class VMambaXTrainLogic:
     def _launch(self, lock, dataDir, run_dir, config, epochs, device, resume, extraArgs):
         (run_dir / "STOP").unlink(missing_ok=True)  # an old stop request would end it at once
         command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs)
-        env = dict(os.environ)
-        # Inside Slicer vmambax sits next to the modules, which PythonSlicer does not search.
-        import vmambax
-
-        package_root = str(Path(vmambax.__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = vmambax_env()  # PYTHONPATH: vmambax sits next to the modules inside Slicer
         # Follow only what this process writes: a resumed run appends to the same file.
         offset = _size(run_dir / "progress.jsonl")
         log = open(run_dir / "train.log", "ab")

@@ -3,7 +3,7 @@
     python docs/images/render_screenshots.py            # writes the PNGs named below
     python docs/images/render_screenshots.py --quick --out /tmp/shots   # small phantom, a trial
 
-What is real here: the scene is Slicer MRML; the CT and PET are the "VMambaXPETCTPhantom"
+What is real here: the scene is Slicer MRML; the CT and PET are the "VMambaX PET/CT phantom"
 sample (``VMambaXCommon.sample_data``, as the Sample Data button makes it); the tumour
 segmentation is made by ``VMambaXSegmentLogic`` with the shipped demo model
 (Resources/Models/vmambax-nano-phantom.pt), exactly as the Segment Tumor button runs it; the
@@ -42,7 +42,7 @@ from VMambaXSegmentLib.logic import VMambaXSegmentLogic  # noqa: E402
 # Sample Data thumbnail.
 FOUR_UP = ROOT / "docs" / "images" / "screenshot-four-up.png"
 AXIAL = ROOT / "docs" / "images" / "screenshot-axial.png"
-THUMBNAIL = ROOT / "VMambaXSegment" / "Resources" / "Icons" / f"{sample_data.SAMPLE_NAME}.png"
+THUMBNAIL = ROOT / "VMambaXSegment" / "Resources" / "Icons" / f"{sample_data.SAMPLE_ID}.png"
 
 SLICE_DISPLAYABLE_MANAGERS = (  # of those qMRMLSliceView and the Segmentations/Colors modules add
     "vtkMRMLSegmentationsDisplayableManager2D", "vtkMRMLRulerDisplayableManager",

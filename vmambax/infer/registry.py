@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Callable
 
 from vmambax.errors import ConfigError, InputError, ModelFileError, VMambaXError
-from vmambax.model.pretrained import path_problem
 from vmambax.utils import atomic_path, user_dir
 
 MODELS_DIR_ENV = "VMAMBAX_MODELS_DIR"
@@ -227,7 +226,7 @@ def resolve_model(spec: str | os.PathLike = "default",
         return path, None
     registered = any(e.name == spec_str for e in list_models())
     if path.is_dir() and (looks_like_path or not registered):  # ./default/ must not hide "default"
-        raise InputError(path_problem(path, "model file"))
+        raise InputError(_path_problem(path, "model file"))
     if looks_like_path and not registered:
         raise InputError(f"model file {path} does not exist; check the path, or use a registered "
                          f"model name (`vmambax models list`)")
@@ -292,6 +291,14 @@ def download(url: str, dest: Path, sha256: str | None,
     return dest
 
 
+def _path_problem(path: Path, what: str) -> str | None:
+    # Imported here: vmambax.model imports torch, and listing the models must not (the Slicer
+    # panels list them before the first install, and without loading torch into Slicer).
+    from vmambax.model.pretrained import path_problem
+
+    return path_problem(path, what)
+
+
 def _write_user_registry(entries: list[ModelEntry]) -> None:
     path = user_registry_path()
     payload = {"format_version": 1, "models": [e.to_json() for e in entries]}
@@ -311,7 +318,7 @@ def add_user_model(name: str, path: str | os.PathLike, description: str = "",
                           f"(max 64), not {' / '.join(DEFAULT_ALIASES)}")
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise InputError(path_problem(file, "model file"))
+        raise InputError(_path_problem(file, "model file"))
     if any(e.name == name for e in shipped_models()):
         raise ConfigError(f"{name!r} is a shipped model name; choose another name")
     existing = user_models()
