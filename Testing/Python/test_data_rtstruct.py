@@ -234,18 +234,14 @@ def test_training_case_folders_accept_label_dcm(tmp_path, case_dir, truth, ct_im
             (folder / "label.nii.gz").unlink()
             write_rtstruct(folder / "label.dcm", [("GTV", contours)], uid)
     # `vmambax train --data cases` exports the volume cases through prepare_data_root.
-    root, kind = prepare_data_root(cases, tmp_path / "run", val_fraction=0.5, seed=1, image_size=128)
+    root, kind = prepare_data_root(cases, tmp_path / "run", image_size=128)
     assert kind == "volumes"
 
-    def masks(name):  # slice index -> exported mask (negative slices are drawn per case)
-        files = sorted((root / name).glob("*_mask.png"))
-        return {f.name.split("_")[1]: sitk.GetArrayFromImage(sitk.ReadImage(str(f))) for f in files}
-
-    a, b = masks("nifti-a"), masks("rtstruct-b")
-    positive = {k for k, m in a.items() if m.any()}
-    assert positive and positive == {k for k, m in b.items() if m.any()}
-    for k in positive:
-        np.testing.assert_array_equal(a[k], b[k])
+    # The volume export keeps every axial slice's mask (z, S, S): the RTSTRUCT case's masks
+    # must be the NIfTI case's, slice for slice.
+    a, b = (np.load(root / name / "mask.npy") for name in ("nifti-a", "rtstruct-b"))
+    assert a.shape == b.shape and a.any()
+    np.testing.assert_array_equal(a, b)
     # A label.dcm drawn on another scan is refused before anything is written.
     assert main(["export", "--cases", str(tmp_path / "bad"), "--out", str(tmp_path / "pclt"),
                  "--size", "128"]) == 2
