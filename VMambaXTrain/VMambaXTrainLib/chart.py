@@ -1,8 +1,9 @@
 """Live training curves as MRML: tables fed from progress events, a Plots chart showing them.
 
 Loss arrives every few steps, validation Dice once per epoch, so each curve has its own table
-(x = optimisation step). Works in full Slicer (shown in the Plots view / the panel's plot
-widget) and in slicer-core (tests).
+(x = optimisation step). A cross-validation trains one model per fold, each from step 0: the
+curves start again with each fold, under a title naming it. Works in full Slicer (shown in the
+Plots view / the panel's plot widget) and in slicer-core (tests).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ class TrainingChart:
         self.lossTable = _new_table(scene, LOSS_TABLE, "Loss")
         self.diceTable = _new_table(scene, DICE_TABLE, "Validation Dice")
         self.chartNode = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", CHART_NAME)
-        self.chartNode.SetTitle("Training loss and validation Dice")
+        self.fold = None  # the cross-validation fold the curves are of (None: not one)
+        self.folds = None  # how many folds (from the crossval_start event)
+        self.chartNode.SetTitle(_title())
         self.chartNode.SetXAxisTitle("Step")
         self.chartNode.SetYAxisTitle("Loss / Dice")
         self.lossSeries = _new_series(scene, "Loss", self.lossTable, "Loss", (0.2, 0.4, 0.9))
@@ -72,6 +75,12 @@ class TrainingChart:
         added = 0
         touched = set()
         for event in events:
+            if event.get("event") == "crossval_start" and event.get("folds"):
+                self.folds = int(event["folds"])
+            fold = event.get("fold") if event.get("event") in ("start", "step", "epoch") else None
+            if fold is not None and fold != self.fold:
+                self.startFold(int(fold))
+                touched.update((self.lossTable, self.diceTable))
             step = event.get("step")
             if step is None:
                 continue
@@ -89,6 +98,19 @@ class TrainingChart:
             node.Modified()
         return added
 
+    def startFold(self, fold: int) -> None:
+        """Empty the curves for fold ``fold`` (its steps count from 0) and name it in the title."""
+        self.fold = fold
+        for node in (self.lossTable, self.diceTable):
+            node.GetTable().SetNumberOfRows(0)
+        from VMambaXCommon.i18n import translate
+
+        if self.folds:
+            label = translate("VMambaX", "Fold {fold} of {folds}").format(fold=fold, folds=self.folds)
+        else:
+            label = translate("VMambaX", "Fold {fold}").format(fold=fold)
+        self.chartNode.SetTitle(f"{label}: {_title()}")
+
     def values(self, which: str = "loss") -> list[tuple[float, float]]:
         table = (self.lossTable if which == "loss" else self.diceTable).GetTable()
         return [(table.GetValue(r, 0).ToDouble(), table.GetValue(r, 1).ToDouble())
@@ -98,6 +120,12 @@ class TrainingChart:
         for node in self.nodes():
             if node.GetScene() is not None:
                 self.scene.RemoveNode(node)
+
+
+def _title() -> str:
+    from VMambaXCommon.i18n import translate
+
+    return translate("VMambaX", "Training loss and validation Dice")
 
 
 def _finite(value) -> bool:

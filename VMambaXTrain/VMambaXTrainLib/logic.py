@@ -6,6 +6,7 @@ GUI-free (MRML + subprocess), so it runs from the Python console and under slice
     cases = [TrainingCase(ct1, pet1, seg1), TrainingCase(ct2, pet2, seg2)]
     data = logic.exportCases(cases, "/data/my-cases")          # volume case folders
     run = logic.startTraining(data, "/data/run1", config="vmambax-nano", epochs=5)
+    run = logic.startTraining(data, "/data/cv", timeBudget=45, folds=5)  # 45 min, 5-fold CV
     while run.isRunning():  # a QTimer in the widget
         for event in run.poll(): ...                             # progress.jsonl events
     run.stop()                                                   # clean stop, resumable
@@ -32,6 +33,8 @@ from VMambaXCommon.processes import launch, python_executable, terminate_tree, v
 from vmambax.locks import RunLock  # the one lock implementation (core)
 
 TERMINAL_EVENTS = ("done", "stopped", "error")
+CROSSVAL_STATE = "crossval-state.json"  # vmambax.crossval.runner.STATE (no torch import here)
+MAX_PANEL_FOLDS = 10  # the panel offers 2..10 folds (the CLI takes up to 20)
 
 
 @dataclasses.dataclass
@@ -138,7 +141,9 @@ class TrainingRun:
             except ValueError:
                 continue  # not ours (the file is JSON lines by contract)
             new.append(event)
-            if event.get("event") in TERMINAL_EVENTS:
+            # A cross-validation fold's own done/stopped (tagged "fold": k) is not the end of
+            # the command: its untagged done/stopped/error follows.
+            if event.get("event") in TERMINAL_EVENTS and event.get("fold") is None:
                 self.finalEvent = event
         self.events.extend(new)
         return new
@@ -270,12 +275,69 @@ class VMambaXTrainLogic:
 
     # -- training -------------------------------------------------------------------------------
     @staticmethod
+    def checkTrainingOptions(timeBudget=None, folds=None, numberOfCases: int | None = None):
+        """Refuse a time budget or a number of folds ``vmambax train`` would refuse, before
+        anything is exported or launched. ``numberOfCases``: the cases to fold (None: unknown).
+        Returns (timeBudget or None, folds or None)."""
+        if timeBudget in (None, 0, ""):
+            timeBudget = None
+        else:
+            try:
+                timeBudget = float(timeBudget)
+            except (TypeError, ValueError):
+                raise ConfigError(f"the training time {timeBudget!r} is not a number of minutes"
+                                  ) from None
+            if not timeBudget >= 1:  # also NaN
+                raise ConfigError(f"the training time must be at least 1 minute (got "
+                                  f"{timeBudget:g}); choose 'until the epochs end' for no limit")
+        if folds in (None, 0):
+            folds = None
+        else:
+            if isinstance(folds, bool) or not isinstance(folds, int):
+                raise ConfigError(f"the number of cross-validation folds must be a whole number "
+                                  f"(got {folds!r})")
+            if not 2 <= folds <= MAX_PANEL_FOLDS:
+                raise ConfigError(f"cross-validation needs 2 to {MAX_PANEL_FOLDS} folds (got "
+                                  f"{folds}); choose Off to train one model on all cases")
+            if numberOfCases is not None and folds > numberOfCases:
+                raise InputError(f"{folds}-fold cross-validation needs at least {folds} cases "
+                                 f"(one fold each); there are {numberOfCases}: add cases or "
+                                 f"choose fewer folds")
+        return timeBudget, folds
+
+    @staticmethod
+    def countCases(dataDir) -> int:
+        """How many volume cases ``dataDir`` holds; ConfigError for a PCLT20K-layout folder
+        (cross-validation scores whole volumes, which that layout does not have)."""
+        from vmambax.data.pclt_export import find_case_folders
+
+        data = Path(dataDir)
+        if (data / "train.txt").is_file():
+            raise ConfigError(f"cross-validation needs volume case folders (<case>/ct.nii.gz, "
+                              f"pet.nii.gz, label); {data} is a PCLT20K-layout folder")
+        return len(find_case_folders(data))
+
+    @staticmethod
+    def isCrossValidation(runDir) -> bool:
+        """The run folder holds a cross-validation (stopped or finished)."""
+        return (Path(runDir) / CROSSVAL_STATE).is_file()
+
+    @classmethod
+    def canResume(cls, runDir) -> bool:
+        """The run folder holds a run that Resume continues (one model, or a cross-validation)."""
+        run_dir = Path(runDir)
+        return (run_dir / "checkpoints" / "last.ckpt").is_file() or cls.isCrossValidation(run_dir)
+
+    @staticmethod
     def trainCommand(dataDir, runDir, config: str = "vmambax", epochs: int | None = None,
-                     device: str = "auto", resume: bool = False, extraArgs=()) -> list[str]:
+                     device: str = "auto", resume: bool = False, extraArgs=(),
+                     timeBudget: float | None = None, folds: int | None = None) -> list[str]:
         """The ``vmambax train`` command line (argument list; never through a shell).
 
-        A resumed run takes its data, network and schedule from its checkpoint (changing them
-        would change the schedule), so only the run folder and the device are passed then.
+        A resumed run takes its data, network, schedule, time budget and folds from its
+        checkpoint / cross-validation state (changing them would change the schedule, which the
+        CLI refuses), so only the run folder and the device are passed then. With a time
+        budget the schedule (and so the number of epochs) is fitted to it: no --epochs.
         """
         run_dir = Path(runDir)
         command = [pythonExecutable(), "-m", "vmambax", "train", "--out", str(run_dir),
@@ -285,40 +347,54 @@ class VMambaXTrainLogic:
             command += ["--resume"]
         else:
             command += ["--data", str(dataDir), "--config", config]
-            if epochs:
+            if timeBudget:
+                command += ["--time-budget", f"{float(timeBudget):g}"]
+            elif epochs:
                 command += ["--epochs", str(int(epochs))]
+            if folds:
+                command += ["--folds", str(int(folds))]
         if device and device != "auto":  # cuda -> gpu; cpu and mps as they are
             command += ["--accelerator", "gpu" if device.startswith("cuda") else device]
         return command + [str(a) for a in extraArgs]
 
     def startTraining(self, dataDir, runDir, config: str = "vmambax", epochs: int | None = None,
-                      device: str = "auto", resume: bool = False, extraArgs=()) -> TrainingRun:
+                      device: str = "auto", resume: bool = False, extraArgs=(),
+                      timeBudget: float | None = None, folds: int | None = None) -> TrainingRun:
         """Start ``vmambax train`` in the background and return at once (``dataDir`` is not
-        needed to resume: the run continues on the data it started with)."""
+        needed to resume: the run continues on the data it started with, with its own time
+        budget and folds). ``timeBudget``: minutes for the whole command (None: the epochs);
+        ``folds``: K-fold cross-validation (None or 0: one model on all cases)."""
         run_dir = Path(runDir)
         if resume:
-            if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-                raise InputError(f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt; "
-                                 f"start a new training run instead")
+            if not self.canResume(run_dir):
+                raise InputError(f"nothing to resume in {run_dir}: it has no checkpoints/last.ckpt "
+                                 f"(nor {CROSSVAL_STATE}); start a new training run instead")
+            timeBudget = folds = None  # the run's own (see trainCommand)
         else:
             if not dataDir or not Path(dataDir).is_dir():  # "" would mean the current folder
                 raise InputError(f"training data folder {dataDir} does not exist; export the "
                                  f"cases first or choose the folder of case sub-folders")
-            if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            timeBudget, folds = self.checkTrainingOptions(timeBudget, folds)
+            if folds:
+                self.checkTrainingOptions(None, folds, self.countCases(dataDir))
+            if self.canResume(run_dir) or (run_dir / "fold-1").exists():
                 raise ConfigError(f"run folder {run_dir} already holds a training run; press "
                                   f"Resume to continue it, or choose an empty run folder")
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir)
         lock.acquire()  # refuses a second trainer on this folder while the first is alive
         try:
-            return self._launch(lock, dataDir, run_dir, config, epochs, device, resume, extraArgs)
+            return self._launch(lock, dataDir, run_dir, config, epochs, device, resume, extraArgs,
+                                timeBudget, folds)
         except BaseException:
             lock.release()
             raise
 
-    def _launch(self, lock, dataDir, run_dir, config, epochs, device, resume, extraArgs):
+    def _launch(self, lock, dataDir, run_dir, config, epochs, device, resume, extraArgs,
+                timeBudget=None, folds=None):
         (run_dir / "STOP").unlink(missing_ok=True)  # an old stop request would end it at once
-        command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs)
+        command = self.trainCommand(dataDir, run_dir, config, epochs, device, resume, extraArgs,
+                                    timeBudget=timeBudget, folds=folds)
         env = vmambax_env()  # PYTHONPATH: vmambax sits next to the modules inside Slicer
         # Follow only what this process writes: a resumed run appends to the same file.
         offset = _size(run_dir / "progress.jsonl")
