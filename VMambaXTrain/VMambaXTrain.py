@@ -43,7 +43,8 @@ from VMambaXCommon.devices import PROBE as _DEVICES
 from VMambaXCommon.devices import device_choices, refill_choices, select_data
 from VMambaXCommon.dialogs import show_error
 from VMambaXTrainLib.chart import TrainingChart
-from VMambaXTrainLib.logic import TrainingCase, defaultConfig
+from VMambaXTrainLib.logic import MAX_PANEL_FOLDS, TrainingCase, defaultConfig
+from VMambaXTrainLib.progress import describeEvent
 from VMambaXTrainLib.logic import VMambaXTrainLogic as _TrainLogic
 
 
@@ -81,14 +82,17 @@ class VMambaXTrain(ScriptedLoadableModule):
 #
 @parameterNodeWrapper
 class VMambaXTrainParameterNode:
-    """Everything the panel shows, saved with the scene. ``epochs`` and ``modelName`` are bound
-    to their widgets in the .ui file (SlicerParameterName); the combo boxes (keys behind labels),
+    """Everything the panel shows, saved with the scene. ``timeBudget`` (minutes; 0: until the
+    epochs end), ``epochs`` and ``modelName`` are bound to their widgets in the .ui file
+    (SlicerParameterName); the combo boxes (keys behind labels; ``folds`` 0: no cross-validation),
     the folders and the case list are synchronised by hand. The scene cases are three lists of
     node references, case i being (caseCts[i], casePets[i], caseSegmentations[i]): they are
     saved with the scene and come back when it is loaded again."""
 
     config: str = ""  # "": not chosen yet -> vmambax with CUDA, vmambax-nano without
+    timeBudget: Annotated[int, WithinRange(0, 10000)] = 45
     epochs: Annotated[int, WithinRange(1, 10000)] = 50
+    folds: int = 0
     device: str = "auto"
     runFolder: str = ""
     dataFolder: str = ""
@@ -126,6 +130,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainToken = None  # our hold on the shared busy guard while the trainer runs
         self._modelName = None  # read and checked when the run started; registered at its end
         self._warnings = []  # the trainer's warning events of the current run
+        self._folds = None  # the current run's cross-validation folds (its crossval_start event)
+        self._crossvalEvent = None  # the current run's "crossval" event (rows and summary)
         self._chart = None
         self._dependenciesChecked = False
         self._updatingGUI = False
@@ -146,6 +152,9 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for key, label in configChoices():
             self.ui.configComboBox.addItem(label, key)
         refill_choices(self.ui.trainDeviceComboBox, device_choices(), "auto")
+        self.ui.foldsComboBox.addItem(_("Off"), 0)
+        for folds in range(2, MAX_PANEL_FOLDS + 1):
+            self.ui.foldsComboBox.addItem(str(folds), folds)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(1000)
@@ -170,6 +179,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelTrainingButton.connect("clicked(bool)", self.onCancel)
         self.ui.configComboBox.connect("currentIndexChanged(int)", self._onWidgetChanged)
         self.ui.trainDeviceComboBox.connect("currentIndexChanged(int)", self._onWidgetChanged)
+        self.ui.foldsComboBox.connect("currentIndexChanged(int)", self._onWidgetChanged)
         self.ui.runFolderPathLineEdit.connect("currentPathChanged(QString)", self._onWidgetChanged)
         self.ui.dataFolderPathLineEdit.connect("currentPathChanged(QString)", self._onWidgetChanged)
 
@@ -253,6 +263,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             select_data(self.ui.configComboBox, p.config)
             select_data(self.ui.trainDeviceComboBox, p.device)
+            select_data(self.ui.foldsComboBox, p.folds)
+            self.ui.epochsSpinBox.enabled = not p.timeBudget  # a time limit fits the epochs
             if self.ui.runFolderPathLineEdit.currentPath != p.runFolder:
                 self.ui.runFolderPathLineEdit.currentPath = p.runFolder
             if self.ui.dataFolderPathLineEdit.currentPath != p.dataFolder:
@@ -270,6 +282,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.NodeModify(p):
             p.config = self.ui.configComboBox.currentData or defaultConfig()
             p.device = self.ui.trainDeviceComboBox.currentData or "auto"
+            p.folds = self.ui.foldsComboBox.currentData or 0
             p.runFolder = self.ui.runFolderPathLineEdit.currentPath
             p.dataFolder = self.ui.dataFolderPathLineEdit.currentPath
 
@@ -334,8 +347,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                              and self.ui.caseSegmentationSelector.currentNode())
         idle = not running and not busy
         self.ui.startButton.enabled = haveData and haveRun and idle
-        self.ui.resumeButton.enabled = bool(haveRun and idle and os.path.isfile(
-            os.path.join(p.runFolder, "checkpoints", "last.ckpt")))
+        self.ui.resumeButton.enabled = bool(haveRun and idle and self.logic.canResume(p.runFolder))
         self.ui.stopButton.enabled = running and self._run.stopRequestedAt is None
         self.ui.cancelTrainingButton.enabled = running
         for widget in (self.ui.casesCollapsibleButton, self.ui.trainingCollapsibleButton):
@@ -391,10 +403,16 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # (the scene, and with it the parameter node, may be another one by then).
             modelName = (p.modelName or "").strip() or "my-vmambax"
             self.logic.checkModelName(modelName)
+            timeBudget = folds = None  # resumed: the run's own
+            if not resume:  # refused before the export, not after it
+                scene = self.ui.sceneCasesRadioButton.checked
+                timeBudget, folds = self.logic.checkTrainingOptions(
+                    p.timeBudget, p.folds, len(self._sceneCases()) if scene else None)
             dataFolder = None if resume else self._dataFolder()
             # The run folder's lock refuses a second trainer there (this or another Slicer).
             self._run = self.logic.startTraining(dataFolder, p.runFolder, config=p.config,
-                                                 epochs=p.epochs, device=p.device, resume=resume)
+                                                 epochs=p.epochs, device=p.device, resume=resume,
+                                                 timeBudget=timeBudget, folds=folds)
         except Exception as exc:
             show_error(exc, _("VMambaX training could not start"))
             self._updateButtons()
@@ -403,6 +421,7 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._trainToken = _BUSY.acquire(_("training"))
         self._modelName = modelName
         self._warnings = []
+        self._folds = self._crossvalEvent = None
         if self._chart is None or self._chart.chartNode.GetScene() is None:
             self._chart = TrainingChart(slicer.mrmlScene)
         self._showChart()
@@ -463,6 +482,8 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         _BUSY.release(token)  # notifies both panels
         final = (run.finalEvent or {}).get("event")
         if final == "done":
+            if self._folds is not None or self._crossvalEvent is not None:  # cross-validated
+                self._showCrossval(run.runDir)
             self._register(run)
         elif final == "stopped":
             self.ui.statusLabel.text = _("Stopped. Press Resume to continue from the last checkpoint.")
@@ -483,29 +504,44 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _showEvent(self, event):
-        kind = event.get("event")
-        if kind == "warning":  # shown all together when the run ends
+        """The status line and bar after one progress event (texts: VMambaXTrainLib.progress)."""
+        if event.get("event") == "warning":  # also shown all together when the run ends
             message = str(event.get("message") or "").strip()
             if message:
                 self._warnings.append(message)
-                self.ui.statusLabel.text = _("Warning: {message}").format(message=message)
+        elif event.get("event") == "crossval":
+            self._crossvalEvent = event
+        update = describeEvent(event, self._folds)
+        self._folds = update.folds
+        if update.percent is not None:
+            self.ui.progressBar.value = update.percent
+        if update.status is not None:
+            self.ui.statusLabel.text = update.status
+
+    def _showCrossval(self, runDir):
+        """Fill the Cross-validation section from RUN/crossval.json (or the crossval event)."""
+        from VMambaXTrainLib.crossval import crossvalTable, readCrossvalTable
+
+        try:
+            try:
+                table = readCrossvalTable(runDir)
+            except Exception:
+                if self._crossvalEvent is None:
+                    raise
+                table = crossvalTable(self._crossvalEvent)
+        except Exception as exc:
+            show_error(exc, _("The cross-validation table could not be shown"))
             return
-        step, total = event.get("step"), event.get("total_steps")
-        if step is not None and total:
-            self.ui.progressBar.value = int(round(100 * min(step / total, 1.0)))
-        parts = []
-        if event.get("epoch") is not None:
-            parts.append(_("epoch {epoch}").format(epoch=event["epoch"] + 1))
-        if step is not None and total:
-            parts.append(_("step {step}/{total}").format(step=step, total=total))
-        if event.get("loss") is not None:
-            parts.append(_("loss {loss:.4f}").format(loss=event["loss"]))
-        if event.get("val_dice") is not None:
-            parts.append(_("validation Dice {dice:.3f}").format(dice=event["val_dice"]))
-        if event.get("eta_s"):
-            parts.append(_("about {minutes:.0f} min left").format(minutes=event["eta_s"] / 60))
-        if kind in ("step", "epoch", "start", "checkpoint"):
-            self.ui.statusLabel.text = _("Training: {progress}").format(progress=", ".join(parts))
+        widget = self.ui.crossvalTableWidget
+        widget.clear()
+        widget.setColumnCount(len(table.headers))
+        widget.setRowCount(len(table.rows))
+        widget.setHorizontalHeaderLabels(list(table.headers))
+        for r, row in enumerate(table.rows):
+            for c, text in enumerate(row):
+                widget.setItem(r, c, qt.QTableWidgetItem(text))
+        self.ui.crossvalSummaryLabel.text = "\n".join(table.summary)
+        self.ui.crossvalCollapsibleButton.collapsed = False
 
     def _register(self, run):
         name = self._modelName or "my-vmambax"  # as read and checked when the run started

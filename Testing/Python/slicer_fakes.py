@@ -215,7 +215,47 @@ class FakePlainTextEdit(FakeWidget):
         self.lines = []
 
 
-CLASSES = {"QPlainTextEdit": FakePlainTextEdit, "QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
+class FakeTableWidgetItem:
+    def __init__(self, text=""):
+        self._text = str(text)
+
+    def text(self):
+        return self._text
+
+
+class FakeTableWidget(FakeWidget):
+    """QTableWidget: headers and cell texts (``cells()``: the rows as lists of text)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rowCount = self.columnCount = 0
+        self.clear()
+
+    def clear(self):  # as QTableWidget.clear: items and headers go, the counts stay
+        self.headers, self._items = [], {}
+
+    def setRowCount(self, n):
+        self.rowCount = n
+
+    def setColumnCount(self, n):
+        self.columnCount = n
+
+    def setHorizontalHeaderLabels(self, labels):
+        self.headers = list(labels)
+
+    def setItem(self, row, column, item):
+        assert 0 <= row < self.rowCount and 0 <= column < self.columnCount, (row, column)
+        self._items[row, column] = item
+
+    def item(self, row, column):
+        return self._items.get((row, column))
+
+    def cells(self):
+        return [[self._items[r, c].text() if (r, c) in self._items else ""
+                 for c in range(self.columnCount)] for r in range(self.rowCount)]
+
+
+CLASSES = {"QTableWidget": FakeTableWidget, "QPlainTextEdit": FakePlainTextEdit, "QComboBox": FakeComboBox, "qMRMLNodeComboBox": FakeNodeComboBox,
            "ctkPathLineEdit": FakePathLineEdit, "QSpinBox": FakeSpinBox,
            "ctkDoubleSpinBox": FakeSpinBox, "QDoubleSpinBox": FakeSpinBox,
            "QLineEdit": FakeLineEdit, "QListWidget": FakeListWidget, "QCheckBox": FakeCheckBox}
@@ -434,6 +474,7 @@ def install(monkeypatch):
     qt = types.ModuleType("qt")
     qt.QTimer = FakeQTimer
     qt.QSettings = FakeQSettings
+    qt.QTableWidgetItem = FakeTableWidgetItem
     monkeypatch.setattr(FakeQSettings, "store", {})
     qt.Qt = types.SimpleNamespace(ToolTipRole=3)
     qt.QFileDialog = types.SimpleNamespace(getOpenFileName=lambda *a: "")

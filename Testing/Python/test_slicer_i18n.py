@@ -11,7 +11,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = ["VMambaXSegment/VMambaXSegment.py", "VMambaXTrain/VMambaXTrain.py",
-         "VMambaXCommon/devices.py", "VMambaXCommon/pet.py", "VMambaXCommon/dialogs.py"]
+         "VMambaXCommon/devices.py", "VMambaXCommon/pet.py", "VMambaXCommon/dialogs.py",
+         "VMambaXTrain/VMambaXTrainLib/progress.py", "VMambaXTrain/VMambaXTrainLib/crossval.py",
+         "VMambaXTrain/VMambaXTrainLib/chart.py"]
 TRANSLATE = {"_", "translate", "tr"}
 SHOWN_ATTRIBUTES = {"text", "toolTip", "title", "placeholderText"}
 SHOWING_CALLS = {"errorDisplay", "infoDisplay", "warningDisplay", "confirmOkCancelDisplay",

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("VMambaXSegment", "VMambaXTrain")
 QT_BUILTIN = {"QWidget", "QLabel", "QComboBox", "QPushButton", "QProgressBar", "QFormLayout",
               "QVBoxLayout", "QHBoxLayout", "QRadioButton", "QListWidget", "QSpinBox",
-              "QDoubleSpinBox", "QLineEdit", "QCheckBox", "QTableView", "QGroupBox", "QPlainTextEdit"}
+              "QDoubleSpinBox", "QLineEdit", "QCheckBox", "QTableView", "QGroupBox", "QPlainTextEdit",
+              "QTableWidget"}
 
 
 def _ui_tree(module):

@@ -218,7 +218,7 @@ def test_train_panel_parameters_and_cancel_ending_the_process_tree(gui, monkeypa
     commands = []
 
     def command(*args, **kwargs):
-        commands.append(kwargs or args)
+        commands.append((args, kwargs))
         return [sys.executable, str(script), str(tmp_path / "child.pid")]
 
     monkeypatch.setattr(VMambaXTrainLogic, "trainCommand", staticmethod(command))
@@ -234,8 +234,9 @@ def test_train_panel_parameters_and_cancel_ending_the_process_tree(gui, monkeypa
         assert time.monotonic() < deadline
         time.sleep(0.05)
     child = int((tmp_path / "child.pid").read_text())
-    args = commands[0]
-    assert "vmambax-nano" in args or p.config in args  # the panel's choices reach the trainer
+    args, kwargs = commands[0]
+    assert p.config in args  # the panel's choices reach the trainer
+    assert kwargs["timeBudget"] == 45 and kwargs["folds"] is None  # "Train for: 45 min", no CV
     train.ui.cancelTrainingButton.click()  # confirmed (the fake dialog answers OK)
     assert run.cancelled and not run.isRunning() and train._run is None
     for pid in (run.process.pid, child):
