@@ -12,16 +12,15 @@ translation tools find them.
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from typing import NamedTuple
 
 from VMambaXCommon.i18n import translate
 
 TRAINING_EVENTS = ("step", "epoch", "start", "checkpoint")
 
 
-@dataclasses.dataclass(frozen=True)
-class ProgressUpdate:
+class ProgressUpdate(NamedTuple):
     status: str | None  # the status line; None: keep the current one
     percent: int | None  # the progress bar, 0-100; None: keep it
     folds: int | None  # folds of the run as known after this event (None: not cross-validation)
