@@ -43,7 +43,7 @@ EXAMPLES = {
     "caseCtSelector": "CT Thorax 2.5mm", "casePetSelector": "PET AC WB",
     "caseSegmentationSelector": "GTV (reviewed)",
     "configComboBox": "vMambaX (paper network, needs a GPU)",
-    "trainDeviceComboBox": "NVIDIA GPU (CUDA)",
+    "trainDeviceComboBox": "NVIDIA GPU (CUDA)", "foldsComboBox": "Off",
     "runFolderPathLineEdit": "~/VMambaX/runs/run1", "dataFolderPathLineEdit": "~/VMambaX/cases",
 }
 PROGRESS = {"VMambaXSegment": 100, "VMambaXTrain": 24}
@@ -55,6 +55,8 @@ LESIONS = (["Lesion", "Voxels", "MTV (mL)", "SUVmax", "SUVmean", "SUVpeak", "TLG
             ["Total", "30991", "41.7", "14.8", "5.9", "11.2", "255.1"]])
 # Segment: just after a run; Train: while training (Stop and Cancel are what can be pressed).
 ENABLED = {"segmentButton", "browseModelButton", "stopButton", "cancelTrainingButton"}
+# Disabled by the panel in the state shown: the epochs while "Train for" limits the time.
+DISABLED = {"epochsSpinBox"}
 
 
 def ui_sha256(module: str) -> str:
@@ -153,6 +155,8 @@ def _fill(module, panel):
             widget.setFixedHeight(widget.fontMetrics().height() + 4)
         elif isinstance(widget, QGroupBox):
             widget.setTitle("▾ " + widget.title())
+        if name in DISABLED:
+            widget.setEnabled(False)
         if name == "folderCasesWidget":  # shown only when "From a folder" is chosen
             widget.hide()
         if name == "plotContainer":  # Slicer puts a qMRMLPlotWidget here at run time
