@@ -336,3 +336,51 @@ def test_a_cross_validated_run_shows_its_folds_table_and_registers_the_ensemble(
     assert train.ui.crossvalSummaryLabel.text.startswith("Out-of-fold 3-D Dice over 4 cases")
     assert train.ui.crossvalCollapsibleButton.collapsed is False
     assert "Done. Model 'cv-model' is registered" in train.ui.statusLabel.text
+
+
+# ---------------------------------------------------------------------- a real tiny run
+@pytest.mark.timeout(600)
+def test_a_tiny_cross_validation_from_the_logic_stops_resumes_and_registers(tmp_path, monkeypatch):
+    """2 folds on 4 phantom cases, one step each: stopped in fold 1, resumed (the run folder has
+    no checkpoints/last.ckpt of its own), finished; the panel's texts, table and registration."""
+    from vmambax.cli import main
+    from VMambaXSegmentLib.logic import VMambaXSegmentLogic
+
+    from test_slicer_train import _follow
+
+    monkeypatch.setenv("VMAMBAX_HOME", str(tmp_path / "home"))
+    cases = tmp_path / "cases"
+    assert main(["phantom", "--out", str(cases), "--cases", "4", "--seed", "21", "--size", "128",
+                 "--slices", "10", "--no-dicom"]) == 0
+    logic, run_dir = VMambaXTrainLogic(), tmp_path / "cv"
+    tiny = ["--batch-size", "2", "--num-workers", "0", "--limit-train-batches", "1",
+            "--limit-val-batches", "1", "--precision", "32", "--min-positive-slices", "1",
+            "--crop-size", "128"]
+    run = logic.startTraining(cases, run_dir, config="vmambax-nano", epochs=1, device="cpu",
+                              folds=2, extraArgs=tiny)
+    events = _follow(run, stop_after_start=True)
+    assert run.finalEvent and run.finalEvent["event"] == "stopped", run.failureMessage()
+    assert not (run_dir / "checkpoints" / "last.ckpt").exists() and logic.canResume(run_dir)
+    with pytest.raises(InputError, match="has not finished"):
+        readCrossvalTable(run_dir)
+
+    resumed = logic.startTraining(None, run_dir, device="cpu", resume=True, timeBudget=30,
+                                  folds=3, extraArgs=["--num-workers", "0"])
+    events = _follow(resumed)
+    assert resumed.finalEvent and resumed.finalEvent["event"] == "done", resumed.failureMessage()
+    assert resumed.modelFile == run_dir / "model.pt"  # the ensemble, not a fold's model
+    folds, statuses = None, []
+    for event in events:
+        update = describeEvent(event, folds)
+        folds = update.folds
+        statuses.append(update.status)
+    assert folds == 2  # the resumed run's own folds, not the 3 passed
+    assert any(s and s.startswith("Fold 2 of 2: epoch 1") for s in statuses)
+    assert any(s and s.startswith("Fold 1 of 2: case ") for s in statuses)
+    assert statuses[-2].startswith("Cross-validation done: out-of-fold Dice")
+    table = readCrossvalTable(run_dir)
+    assert table.cases == 4 and len(table.rows) == 5
+    assert sorted(r[0] for r in table.rows[:-1]) == sorted(p.name for p in cases.iterdir())
+    entry = logic.registerModel(resumed, "cv-tiny")
+    assert Path(entry.file) == (run_dir / "model.pt").resolve()
+    assert "cv-tiny" in [name for name, _ in VMambaXSegmentLogic.availableModels()]
