@@ -422,6 +422,11 @@ class VMambaXTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelName = modelName
         self._warnings = []
         self._folds = self._crossvalEvent = None
+        if not resume:  # an earlier run's table is not this run's
+            self.ui.crossvalTableWidget.clear()
+            self.ui.crossvalTableWidget.setRowCount(0)
+            self.ui.crossvalSummaryLabel.text = _("The table appears when a cross-validated run "
+                                                  "ends.")
         if self._chart is None or self._chart.chartNode.GetScene() is None:
             self._chart = TrainingChart(slicer.mrmlScene)
         self._showChart()

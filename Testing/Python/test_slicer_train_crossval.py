@@ -336,6 +336,10 @@ def test_a_cross_validated_run_shows_its_folds_table_and_registers_the_ensemble(
     assert train.ui.crossvalSummaryLabel.text.startswith("Out-of-fold 3-D Dice over 4 cases")
     assert train.ui.crossvalCollapsibleButton.collapsed is False
     assert "Done. Model 'cv-model' is registered" in train.ui.statusLabel.text
+    train.onStart(resume=False)  # the next run does not show this run's table
+    assert train.ui.crossvalTableWidget.cells() == []
+    assert not train.ui.crossvalSummaryLabel.text.startswith("Out-of-fold")
+    record.runs[1].running = False  # (FakeRun cannot be stopped at the end of the test)
 
 
 # ---------------------------------------------------------------------- a real tiny run
