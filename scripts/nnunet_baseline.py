@@ -314,6 +314,12 @@ def run_fold(run_dir: Path, args, fold: int, cases, files, train, val, test) -> 
                                             "-c", "2d", "-np", "1", "--verify_dataset_integrity"],
                                            plan_env, log), 1)
     pre = run_dir / "nnUNet_preprocessed" / raw.name
+    if args.batch_size:  # nnU-Net's own way: the batch size is a field of the plans
+        plans_file = pre / "nnUNetPlans.json"
+        plans = json.loads(plans_file.read_text(encoding="utf-8"))
+        info["planned_batch_size"] = plans["configurations"]["2d"]["batch_size"]
+        plans["configurations"]["2d"]["batch_size"] = args.batch_size
+        plans_file.write_text(json.dumps(plans, indent=4), encoding="utf-8")
     (pre / "splits_final.json").write_text(json.dumps(splits(train, val), indent=1), encoding="utf-8")
     model_dir = run_dir / "nnUNet_results" / raw.name / f"{TRAINER}__nnUNetPlans__2d"
     if (model_dir / "fold_0").exists():
@@ -354,6 +360,9 @@ def parse_args(argv=None):
     p.add_argument("--augmentation-workers", type=int, default=0,
                    help="nnUNet_n_proc_DA: 0 = augmentation in the training process (default)")
     p.add_argument("--iterations-per-epoch", type=int, default=50, help="nnU-Net 'epoch' length (default 50)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="replace the planned 2-D batch size (nnU-Net plans for a GPU's memory; "
+                        "default: keep it)")
     p.add_argument("--no-mirroring", action="store_true", help="predict without nnU-Net's mirroring TTA")
     return p.parse_args(argv)
 
