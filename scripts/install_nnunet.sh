@@ -4,6 +4,9 @@
 # holding VMambaX and the pinned `benchmark` extra (nnunetv2==2.8.1, pyproject.toml).
 # torch is pinned first and held by a constraint, so pip never swaps the CPU build for a CUDA
 # one (a bare "torch" pulls several GB); VMAMBAX_TORCH overrides it, as for scripts/install.sh.
+# pip also brings PyPI's torchvision (through timm, for nnU-Net's Primus networks): a CUDA build
+# that does not load next to the CPU torch. The 2-D U-Net never imports it, and the benchmark
+# script avoids nnU-Net's trainer lookup, which would (see scripts/nnunet_ext/nnunet_time_budget.py).
 # Then run:  .venv-nnunet/bin/python scripts/nnunet_baseline.py --data DIR --out RUN ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
