@@ -51,6 +51,7 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
 
     def run_training(self):
         started = time.monotonic()  # the budget includes nnU-Net's own set-up, as vmambax's does
+        cpu_started = time.process_time()
         self.on_train_start()
         elapsed = lambda: time.monotonic() - started  # noqa: E731
         lr = self.initial_lr
@@ -74,11 +75,12 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
                 self.on_validation_epoch_end(val)
             self.on_epoch_end()
         train_s = elapsed()
+        cpu_s = time.process_time() - cpu_started  # less than train_s x threads on a busy machine
         self.on_train_end()
         stats = {"epochs": int(self.current_epoch), "iterations": int(self.iterations_done),
                  "iterations_per_epoch": self.num_iterations_per_epoch,
                  "batch_size": int(self.configuration_manager.batch_size), "patch_size": list(self.configuration_manager.patch_size),
-                 "budget_s": self.budget_s, "train_s": round(train_s, 1), "last_lr": lr,
+                 "budget_s": self.budget_s, "train_s": round(train_s, 1), "cpu_s": round(cpu_s, 1), "last_lr": lr,
                  "threads": torch.get_num_threads(), "best_ema_pseudo_dice": self._best_ema}
         with open(os.path.join(self.output_folder, "time_budget.json"), "w", encoding="utf-8") as fh:
             json.dump(stats, fh, indent=1, default=float)
