@@ -68,10 +68,12 @@ class nnUNetTrainerTimeBudget(nnUNetTrainer):
             if not outputs:
                 break
             self.on_train_epoch_end(outputs)
+            # the epoch the budget cut short gets one validation batch (nnU-Net's logger needs one),
+            # not a full round after the budget has run out
+            n_val = self.num_val_iterations_per_epoch if elapsed() < self.budget_s else 1
             with torch.no_grad():
                 self.on_validation_epoch_start()
-                val = [self.validation_step(next(self.dataloader_val))
-                       for _ in range(self.num_val_iterations_per_epoch)]
+                val = [self.validation_step(next(self.dataloader_val)) for _ in range(n_val)]
                 self.on_validation_epoch_end(val)
             self.on_epoch_end()
         train_s = elapsed()
