@@ -103,13 +103,9 @@ class TrainingChart:
         self.fold = fold
         for node in (self.lossTable, self.diceTable):
             node.GetTable().SetNumberOfRows(0)
-        from VMambaXCommon.i18n import translate
+        from VMambaXTrainLib.progress import foldLabel
 
-        if self.folds:
-            label = translate("VMambaX", "Fold {fold} of {folds}").format(fold=fold, folds=self.folds)
-        else:
-            label = translate("VMambaX", "Fold {fold}").format(fold=fold)
-        self.chartNode.SetTitle(f"{label}: {_title()}")
+        self.chartNode.SetTitle(f"{foldLabel(fold, self.folds)}: {_title()}")
 
     def values(self, which: str = "loss") -> list[tuple[float, float]]:
         table = (self.lossTable if which == "loss" else self.diceTable).GetTable()

@@ -63,7 +63,8 @@ def _training_parts(event: dict, inFold: bool) -> list[str]:
     return parts
 
 
-def _fold_label(fold, folds) -> str:
+def foldLabel(fold, folds) -> str:
+    """"Fold k of K" (or "Fold k" while K is not known): the status line's and the chart's."""
     if folds:
         return translate("VMambaX", "Fold {fold} of {folds}").format(fold=fold, folds=folds)
     return translate("VMambaX", "Fold {fold}").format(fold=fold)
@@ -110,7 +111,7 @@ def describeEvent(event: dict, folds: int | None = None) -> ProgressUpdate:
     except (TypeError, ValueError):
         return ProgressUpdate(None, None, folds)
     share = 1.0 / (folds or int(fold))  # unknown K: the bar covers this fold as if it were last
-    label = _fold_label(fold, folds)
+    label = foldLabel(fold, folds)
     if kind in TRAINING_EVENTS:
         step, total = event.get("step"), event.get("total_steps")
         within = min(step / total, 1.0) if step is not None and total else None
