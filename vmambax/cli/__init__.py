@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from vmambax import __version__
+from vmambax.allocator import tune_allocator
 from vmambax.cli.messages import user_facing_output
 from vmambax.errors import VMambaXError
 from vmambax.utils import prefer_passive_wait
@@ -77,6 +78,7 @@ def terminate_cleanly(enabled: bool = True):
 
 def main(argv: list[str] | None = None) -> int:
     prefer_passive_wait()  # before any command imports torch: no spin-waiting on shared cores
+    tune_allocator()  # reuse freed layer buffers instead of page-faulting fresh ones
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

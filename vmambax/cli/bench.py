@@ -9,7 +9,7 @@ from __future__ import annotations
 from vmambax.cli import register_modules
 
 # Benchmark modules, in the order ``vmambax bench --help`` lists them.
-BENCH_MODULES = ("vmambax.bench.scan", "vmambax.bench.forward", "vmambax.bench.train",
+BENCH_MODULES = ("vmambax.bench.scan", "vmambax.bench.forward", "vmambax.bench.floor", "vmambax.bench.train",
                  "vmambax.bench.infer", "vmambax.bench.wholebody", "vmambax.data.benchmark")
 
 

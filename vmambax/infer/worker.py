@@ -301,9 +301,11 @@ def main(argv=None) -> int:
         return EXIT_USER_ERROR
     if watch:
         _exit_when_the_host_goes()
+    from vmambax.allocator import tune_allocator
     from vmambax.utils import prefer_passive_wait
 
     prefer_passive_wait()
+    tune_allocator()  # its own process: freed layer buffers are reused, not page-faulted again
 
     def progress(fraction: float, message: str) -> None:
         fraction = float(fraction)

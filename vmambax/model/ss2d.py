@@ -2,12 +2,20 @@
 
 Tensors are channels-last ``(B, H, W, C)``. The scan itself is ``vmambax.ops.selective_scan``;
 ``scan_override`` lets the FLOP counter put a placeholder in its place.
+
+Two code paths compute the same numbers (issue 19): ``fused`` (the default) lays the four scan
+directions out once into a preallocated buffer, runs the per-direction projections as plain
+batched matmuls on that buffer, and merges the outputs straight into the channels-last layout
+the output norm reads; ``reference`` is the authors' formulation (stack/cat/flip, einsum
+projections, merge then transpose). ``VMAMBAX_SS2D=reference`` or :func:`use_path` selects the
+latter, for comparisons; float64 tests hold the two together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +24,36 @@ from torch import nn
 from vmambax import ops
 
 K_DIRECTIONS = 4
+ENV_PATH = "VMAMBAX_SS2D"
+PATHS = ("fused", "reference")
 _scan_override = None
+_path_override: str | None = None
+
+
+def active_path() -> str:
+    """The SS2D code path in use: :func:`use_path`, else ``$VMAMBAX_SS2D``, else ``fused``."""
+    if _path_override is not None:
+        return _path_override
+    value = os.environ.get(ENV_PATH, "").strip().lower() or "fused"
+    if value not in PATHS:
+        from vmambax.errors import ConfigError
+
+        raise ConfigError(f"{ENV_PATH}={os.environ.get(ENV_PATH, '').strip()!r} is not one of "
+                          f"{', '.join(PATHS)}; set one of these, or unset it (fused: the fast path).")
+    return value
+
+
+@contextlib.contextmanager
+def use_path(name: str):
+    """Run SS2D blocks with code path ``name`` (one of :data:`PATHS`) inside the block."""
+    global _path_override
+    if name not in PATHS:
+        raise ValueError(f"unknown SS2D path {name!r}; one of {PATHS}")
+    previous, _path_override = _path_override, name
+    try:
+        yield
+    finally:
+        _path_override = previous
 
 
 @contextlib.contextmanager
@@ -90,9 +127,38 @@ class SS2D(nn.Module):
         b, h, w, _ = x.shape
         xs, z = self.in_proj(x).chunk(2, dim=-1)
         xs = F.silu(self.conv2d(xs.permute(0, 3, 1, 2).contiguous()))
-        y = self.scan_2d(xs)  # (B, Di, L)
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner))
-        return self.out_proj(y * F.silu(z))
+        if active_path() == "fused":
+            y = self.scan_2d_fused(xs)  # (B, H, W, Di), contiguous
+        else:
+            y = self.scan_2d(xs).transpose(1, 2).reshape(b, h, w, self.d_inner)
+        return self.out_proj(self.out_norm(y) * F.silu(z))
+
+    def scan_2d_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, Di, H, W) -> (B, H, W, Di): :meth:`scan_2d` with fewer passes over memory.
+
+        The four direction sequences are written once into one buffer (the reversed pair by a
+        single flip of the forward pair); the projections read that buffer in place as batched
+        matmuls (no einsum permute copies); the merge hands the output norm a contiguous
+        channels-last tensor.
+        """
+        b, d, h, w = x.shape
+        length, n, r = h * w, self.d_state, self.dt_rank
+        xs = x.new_empty(b, K_DIRECTIONS, d, length)
+        xs[:, 0].view(b, d, h, w).copy_(x)
+        xs[:, 1].view(b, d, w, h).copy_(x.transpose(2, 3))
+        xs[:, 2:].copy_(xs[:, :2].flip(-1))
+        x_dbl = torch.matmul(self.x_proj_weight, xs)  # (B, K, R + 2N, L)
+        dts = torch.matmul(self.dt_projs_weight, x_dbl[:, :, :r])  # (B, K, Di, L)
+        y = run_scan(
+            xs.view(b, -1, length), dts.view(b, -1, length), -torch.exp(self.A_logs.float()),
+            x_dbl[:, :, r:r + n].contiguous(), x_dbl[:, :, r + n:].contiguous(), self.Ds.float(),
+            self.dt_projs_bias.reshape(-1).float(),
+        ).view(b, K_DIRECTIONS, d, length)
+        pair = y[:, :2] + y[:, 2:].flip(-1)  # each forward direction plus its reverse, in its own order
+        merged = pair[:, 0].view(b, d, h, w) + pair[:, 1].view(b, d, w, h).transpose(2, 3)
+        # Channels-last and contiguous, the output norm's layout: one transposing copy here
+        # instead of the norm's internal copy of a strided view.
+        return merged.permute(0, 2, 3, 1).contiguous()
 
     def scan_2d(self, x: torch.Tensor) -> torch.Tensor:
         """(B, Di, H, W) -> (B, Di, H·W): cross-scan, per-direction projections, scan, cross-merge."""
