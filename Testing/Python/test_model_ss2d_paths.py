@@ -84,3 +84,14 @@ def test_allocator_is_tuned_by_the_command_line_process_and_can_be_left_alone():
                           env=dict(os.environ, VMAMBAX_MALLOC="default"))
     assert tuned.stdout.split() == ["True", "True"]  # applied once, the same answer after
     assert left.stdout.split() == ["False", "False"]
+
+
+def test_flops_are_the_architectures_whatever_path_runs(monkeypatch):
+    from vmambax.model.flops import count_flops
+
+    model = build_model("vmambax-nano", pretrained_encoder=None)
+    counts = {}
+    for path in ("fused", "reference"):
+        monkeypatch.setenv("VMAMBAX_SS2D", path)
+        counts[path] = count_flops(model, size=128)["gflops_with_scans"]
+    assert counts["fused"] == counts["reference"] > 0
