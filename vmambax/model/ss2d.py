@@ -5,8 +5,8 @@ Tensors are channels-last ``(B, H, W, C)``. The scan itself is ``vmambax.ops.sel
 
 Two code paths compute the same numbers (issue 19): ``fused`` (the default) lays the four scan
 directions out once into a preallocated buffer, runs the per-direction projections as plain
-batched matmuls on that buffer, and merges the outputs straight into the channels-last layout
-the output norm reads; ``reference`` is the authors' formulation (stack/cat/flip, einsum
+batched matmuls on that buffer, and hands the output norm a contiguous channels-last tensor;
+``reference`` is the authors' formulation (stack/cat/flip, einsum
 projections, merge then transpose). ``VMAMBAX_SS2D=reference`` or :func:`use_path` selects the
 latter, for comparisons; float64 tests hold the two together.
 """
